@@ -1,0 +1,56 @@
+#include "testing.h"
+#include "ultramem/ops/elementwise.h"
+
+using namespace um;
+using namespace um::testing;
+
+TEST_CASE("add: values and float64 gradient", "[ops][elementwise]") {
+  Tensor a = randn({3, 5}, DType::f64, Device::cpu(), 1);
+  Tensor b = randn({3, 5}, DType::f64, Device::cpu(), 2);
+  Tensor y = ops::add(a, b);
+  auto va = a.to_doubles(), vb = b.to_doubles(), vy = y.to_doubles();
+  for (size_t i = 0; i < vy.size(); ++i) CHECK(vy[i] == va[i] + vb[i]);
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  // a is used twice: its gradient must accumulate.
+  double err = gradcheck([](const std::vector<Tensor>& in) { return ops::add(ops::add(in[0], in[1]), in[0]); },
+                         {a, b});
+  CHECK(err < kTolGradcheck);
+}
+
+TEST_CASE("reshape and cast pass gradients back", "[ops][elementwise]") {
+  Tensor a = randn({4, 6}, DType::f64, Device::cpu(), 3);
+  a.set_requires_grad(true);
+  double err = gradcheck(
+      [](const std::vector<Tensor>& in) {
+        Tensor r = ops::reshape(in[0], {2, 12});
+        return ops::add(r, ops::reshape(ops::cast(ops::cast(in[0], DType::f32), DType::f64), {2, 12}));
+      },
+      {a}, 1e-3, 1e-4);
+  CHECK(err < 1e-4);  // the f32 round trip limits precision
+}
+
+TEST_CASE("elementwise CUDA matches CPU", "[gpu][elementwise]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  for (int64_t n : {1, 37, 4099}) {
+    Tensor a = randn({n}, DType::f32, Device::cpu(), 10 + n);
+    Tensor b = randn({n}, DType::f32, Device::cpu(), 20 + n);
+    Tensor ref = ops::add(a, b);
+    for (DType dt : {DType::f32, DType::bf16}) {
+      Tensor ga = Tensor::empty({n}, dt, Device::cuda()), gb = Tensor::empty({n}, dt, Device::cuda());
+      ops::cast_forward(a.to(Device::cuda()), ga);
+      ops::cast_forward(b.to(Device::cuda()), gb);
+      Tensor y = ops::add(ga, gb);
+      double err = rel_error(y, ref);
+      INFO("n=" << n << " dtype=" << dtype_name(dt) << " err=" << err);
+      CHECK(err < (dt == DType::f32 ? kTolF32 : kTolBF16));
+      Tensor acc = Tensor::empty({n}, DType::f32, Device::cuda());
+      ops::accumulate(acc, y, false);
+      ops::accumulate(acc, ga, true);
+      std::vector<double> expect = ref.to_doubles(), va = a.to_doubles();
+      for (size_t i = 0; i < expect.size(); ++i) expect[i] += va[i];
+      CHECK(rel_error(acc.to_doubles(), expect) < (dt == DType::f32 ? kTolF32 : kTolBF16));
+    }
+  }
+}
