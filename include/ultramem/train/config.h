@@ -1,0 +1,61 @@
+// The whole training config: one JSON file (sections model, data, optim, train), validated up front.
+// Every key, its default and range: docs/config.md.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "ultramem/nn/model_config.h"
+
+namespace um::train {
+
+struct DataConfig {
+  std::string train;  // comma-separated paths or glob patterns of .bin shards
+  std::string val;    // same, may be empty (no validation)
+  int64_t seq_len = 1024;
+  bool verify_checksum = true;
+};
+
+struct OptimConfig {
+  double lr = 6e-4;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;
+  bool decay_embeddings = false;      // weight decay on embeddings
+  bool decay_norms_and_biases = false;
+  double grad_clip = 1.0;             // global-norm clipping; 0 = off
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";    // "cosine" | "linear" | "constant"
+  double lr_end_ratio = 0.1;          // final lr / peak lr
+};
+
+struct RunConfig {
+  int64_t max_steps = 1000;
+  int64_t micro_batch = 8;    // sequences per forward/backward
+  int64_t global_batch = 8;   // sequences per optimizer step (a multiple of micro_batch x world size)
+  uint64_t seed = 1;
+  std::string device = "auto";     // "auto" (GPU if present) | "cpu" | "cuda"
+  std::string precision = "auto";  // "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
+  int64_t log_every = 10;
+  int64_t val_every = 0;      // 0 = only at the end (when data.val is set)
+  int64_t val_batches = 8;
+  int64_t checkpoint_every = 0;  // 0 = only at the end
+  int64_t keep_last = 3;
+  std::string out_dir = "runs/default";
+  double peak_tflops = 0;     // for MFU; 0 = from the GPU's name (H100/H200 bf16 dense 989)
+};
+
+struct TrainConfig {
+  nn::ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  RunConfig train;
+};
+
+// Parses and validates; errors name `source` and the key path.
+TrainConfig parse_config(const nlohmann::json& doc);
+// Reads `path`, applies --set overrides ("a.b=value"), parses.
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+// The resolved config, every default written out (saved with every run and checkpoint).
+nlohmann::json to_json(const TrainConfig& c);
+
+}  // namespace um::train
