@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, run every test ([gpu] included), the kernel benchmarks and the
+# end-to-end throughput against the PyTorch reference. Logs and tables go to $OUT (or ./gpu-out).
+# Host-only header packages (nlohmann-json, catch2) come unpacked in .deps/ (see docs/gpu-results.md).
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0
+STEPS=${STEPS:-build,test,bench,e2e}
+log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if [[ $STEPS == *build* ]]; then
+  log "build"
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DULTRAMEM_CUDA=ON \
+    -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" -DCMAKE_CXX_FLAGS="-isystem $PWD/.deps/usr/include" \
+    -DCMAKE_CUDA_FLAGS="-isystem $PWD/.deps/usr/include" > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  /usr/bin/time -f "build %e s" cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+  tail -1 "$OUT/build.log"
+fi
+if [[ $STEPS == *test* ]]; then
+  log "tests"
+  (cd build-gpu && ctest --output-on-failure -j1 > "../$OUT/ctest.log" 2>&1); tail -15 "$OUT/ctest.log"
+  ./build-gpu/tests/ultramem-tests "[gpu]" -r compact > "$OUT/gpu-tests.log" 2>&1
+  grep -E "passed|failed|FAILED" "$OUT/gpu-tests.log" | tail -40
+fi
+if [[ $STEPS == *bench* ]]; then
+  log "kernel benchmarks"
+  ./build-gpu/bench/bench-matmul 2>&1 | tee "$OUT/bench-matmul.txt" | tail -20
+  ./build-gpu/bench/bench-attention 2>&1 | tee "$OUT/bench-attention.txt" | tail -12
+fi
+if [[ $STEPS == *e2e* ]]; then
+  log "end-to-end gpt2-124m"
+  ./build-gpu/bench/bench-train configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 | tee "$OUT/bench-train.txt" | tail -6
+  PYTHONUNBUFFERED=1 python3 bench/torch_reference.py configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 \
+    | tee "$OUT/torch-reference.txt" | tail -3
+  log "tiny-cpu config trained on the GPU"
+  ./build-gpu/ultramem-train configs/tiny-cpu.json --set train.out_dir=/tmp/tiny-gpu 2>&1 | tail -8 | tee "$OUT/tiny-gpu.txt"
+fi
