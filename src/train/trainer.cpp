@@ -1,0 +1,249 @@
+#include "ultramem/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "ultramem/core/arena.h"
+#include "ultramem/core/tape.h"
+#include "ultramem/optim/schedule.h"
+#include "ultramem/train/evaluate.h"
+
+namespace um::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+static Device resolve_device(const std::string& want) {
+  if (want == "cpu") return Device::cpu();
+  if (want == "cuda") {
+    if (!cuda_available())
+      throw Error("train.device", "a CUDA device (\"cuda\")",
+                  ULTRAMEM_CUDA ? "none present" : "a build without the CUDA backend");
+    return Device::cuda(0);
+  }
+  return cuda_available() ? Device::cuda(0) : Device::cpu();
+}
+
+static double peak_flops_for(const std::string& gpu_name, double configured_tflops) {
+  if (configured_tflops > 0) return configured_tflops * 1e12;
+  // Dense bf16 tensor-core peak of the SXM parts (the figure MFU is quoted against).
+  if (gpu_name.find("H100") != std::string::npos || gpu_name.find("H200") != std::string::npos) return 989e12;
+  if (gpu_name.find("A100") != std::string::npos) return 312e12;
+  return 0;
+}
+
+static std::string human_seconds(double s) {
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  else if (s >= 60)
+    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  else
+    std::snprintf(buf, sizeof buf, "%.1fs", s);
+  return buf;
+}
+
+static void append_jsonl(const std::string& out_dir, const json& j) {
+  std::ofstream f(fs::path(out_dir) / "metrics.jsonl", std::ios::app);
+  f << j.dump() << "\n";
+}
+
+Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), quiet_(quiet) {
+  device_ = resolve_device(cfg.train.device);
+  const std::string& prec = cfg.train.precision;
+  if (prec == "bf16" && device_.is_cpu())
+    throw Error("train.precision", "\"fp32\" or \"auto\" on the CPU (bf16 compute is GPU-only)", "\"bf16\"");
+  compute_dtype_ = (prec == "bf16" || (prec == "auto" && device_.is_cuda())) ? DType::bf16 : DType::f32;
+  if (device_.is_cuda()) cuda_set_device(device_.index);
+
+  model_ = std::make_unique<nn::Transformer>(cfg.model, ps_);
+  ps_.finalize(device_, compute_dtype_, cfg.train.seed);
+  opt_.m = Tensor::zeros({ps_.flat_numel()}, DType::f32, device_);
+  opt_.v = Tensor::zeros({ps_.flat_numel()}, DType::f32, device_);
+  for (const auto& p : ps_.params()) {
+    bool decay = p.kind == nn::ParamKind::matrix || (p.kind == nn::ParamKind::embedding && cfg.optim.decay_embeddings) ||
+                 ((p.kind == nn::ParamKind::norm || p.kind == nn::ParamKind::bias) && cfg.optim.decay_norms_and_biases);
+    int64_t end = p.offset + (p.numel() + 63) / 64 * 64;
+    if (!ranges_.empty() && ranges_.back().decay == decay && ranges_.back().end == p.offset)
+      ranges_.back().end = end;
+    else
+      ranges_.push_back({p.offset, end, decay});
+  }
+
+  const int64_t world = 1;  // data parallelism arrives with the NCCL issue
+  accum_steps_ = cfg.train.global_batch / (cfg.train.micro_batch * world);
+  data::LoaderOptions lo;
+  lo.seq_len = cfg.data.seq_len;
+  lo.seed = cfg.train.seed;
+  lo.verify_checksum = cfg.data.verify_checksum;
+  train_loader_ = std::make_unique<data::TokenLoader>(data::expand_patterns(cfg.data.train, "data.train"), lo);
+  if (int64_t(train_loader_->vocab_size()) > cfg.model.real_vocab())
+    throw Error("data.train", detail::concat("shards whose vocabulary (", train_loader_->vocab_size(),
+                                             ") fits model.valid_vocab/vocab_size (", cfg.model.real_vocab(), ")"),
+                "a larger vocabulary");
+  const int64_t n = cfg.train.micro_batch * cfg.data.seq_len;
+  host_ids_.resize(size_t(n));
+  host_targets_.resize(size_t(n));
+  ids_ = Tensor::empty({cfg.train.micro_batch, cfg.data.seq_len}, DType::i32, device_);
+  targets_ = Tensor::empty({cfg.train.micro_batch, cfg.data.seq_len}, DType::i32, device_);
+  peak_flops_ = device_.is_cuda() ? peak_flops_for(cuda_device_name(), cfg.train.peak_tflops) : 0;
+
+  fs::create_directories(cfg.train.out_dir);
+  if (resume) {
+    std::string dir = io::latest_checkpoint(cfg.train.out_dir);
+    if (dir.empty())
+      throw Error(cfg.train.out_dir, "a checkpoint to resume from (checkpoints/latest)", "none");
+    json st = io::load_checkpoint(dir, ps_, &opt_);
+    try {
+      step_ = st.at("step").get<int64_t>();
+      tokens_seen_ = st.at("tokens_seen").get<int64_t>();
+      train_loader_->set_state({st.at("loader").at("epoch").get<uint64_t>(), st.at("loader").at("cursor").get<uint64_t>()});
+    } catch (const json::exception& e) {
+      throw Error(dir + "/trainer.json", "step, tokens_seen and loader {epoch, cursor}", e.what());
+    }
+    if (!quiet_) std::printf("resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(step_));
+  }
+  std::ofstream(fs::path(cfg.train.out_dir) / "config.json") << to_json(cfg).dump(2) << "\n";
+  if (!quiet_)
+    std::printf("ultramem: %s, %s compute, %.2fM parameters, %lld micro-batches of %lldx%lld per step\n",
+                device_.is_cuda() ? cuda_device_name().c_str() : "cpu", dtype_name(compute_dtype_),
+                double(ps_.numel()) / 1e6, static_cast<long long>(accum_steps_),
+                static_cast<long long>(cfg.train.micro_batch), static_cast<long long>(cfg.data.seq_len));
+}
+
+Trainer::~Trainer() = default;
+
+size_t Trainer::arena_peak_bytes() const { return arena_for(device_).peak_bytes(); }
+
+void Trainer::load_batch(data::TokenLoader& loader) {
+  loader.next_batch(cfg_.train.micro_batch, host_ids_.data(), host_targets_.data());
+  copy_bytes(ids_.data(), device_, host_ids_.data(), Device::cpu(), host_ids_.size() * 4);
+  copy_bytes(targets_.data(), device_, host_targets_.data(), Device::cpu(), host_targets_.size() * 4);
+}
+
+std::vector<optim::AdamWGroup> Trainer::groups_for_lr(double lr) const {
+  std::vector<optim::AdamWGroup> g;
+  for (const auto& r : ranges_) g.push_back({r.begin, r.end, float(lr), r.decay ? float(cfg_.optim.weight_decay) : 0.f});
+  return g;
+}
+
+StepStats Trainer::step() {
+  const auto t0 = Clock::now();
+  optim::Schedule sched{cfg_.optim.lr, cfg_.optim.warmup_steps, cfg_.train.max_steps, cfg_.optim.lr_end_ratio,
+                        cfg_.optim.schedule};
+  StepStats s;
+  s.lr = sched.lr(step_);
+  ps_.begin_step();
+  Arena& arena = arena_for(device_);
+  double loss_sum = 0;
+  for (int64_t micro = 0; micro < accum_steps_; ++micro) {
+    load_batch(*train_loader_);
+    nn::StepContext ctx;
+    ctx.training = true;
+    ctx.dropout_seed = cfg_.train.seed * 1000003ull + uint64_t(step_) * 4099ull + uint64_t(micro);
+    Tape tape;
+    {
+      TapeScope scope(tape);
+      Tensor loss = model_->loss(ids_, targets_, ctx);
+      double l = loss.to_doubles()[0];
+      if (!std::isfinite(l))
+        throw Error(detail::concat("step ", step_ + 1, " micro-batch ", micro), "a finite training loss",
+                    detail::concat(l, " (no checkpoint was written for this step)"));
+      loss_sum += l;
+      // Each micro-batch contributes 1/accum of the mean loss's gradient.
+      tape.backward(loss, 1.0 / double(accum_steps_));
+    }
+    arena.reset();
+  }
+  ps_.zero_unwritten_grads();
+  s.loss = loss_sum / double(accum_steps_);
+  s.grad_norm = optim::grad_norm(ps_.flat_grad());
+  if (!std::isfinite(s.grad_norm)) {
+    std::string first = "?";
+    for (const auto& p : ps_.params()) {
+      double sq = optim::grad_sq_norms(ps_.flat_grad(), {{p.offset, p.offset + p.numel()}})[0];
+      if (!std::isfinite(sq)) {
+        first = p.name;
+        break;
+      }
+    }
+    throw Error(detail::concat("step ", step_ + 1), "finite gradients",
+                "a non-finite gradient, first in " + first + " (no checkpoint was written for this step)");
+  }
+  optim::AdamWHyper h;
+  h.beta1 = float(cfg_.optim.beta1);
+  h.beta2 = float(cfg_.optim.beta2);
+  h.eps = float(cfg_.optim.eps);
+  h.step = step_ + 1;
+  h.grad_scale = (cfg_.optim.grad_clip > 0 && s.grad_norm > cfg_.optim.grad_clip) ? float(cfg_.optim.grad_clip / s.grad_norm) : 1.f;
+  optim::adamw_step(ps_.flat_master(), ps_.flat_grad(), opt_.m, opt_.v, ps_.flat_compute(), groups_for_lr(s.lr), h);
+  if (device_.is_cuda()) cuda_synchronize();
+  ++step_;
+  const int64_t tokens = cfg_.train.global_batch * cfg_.data.seq_len;
+  tokens_seen_ += tokens;
+  s.step = step_;
+  s.step_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  elapsed_ += s.step_seconds;
+  s.tokens_per_s = double(tokens) / s.step_seconds;
+  if (peak_flops_ > 0) s.mfu = s.tokens_per_s * model_->flops_per_token(cfg_.data.seq_len) / peak_flops_;
+  return s;
+}
+
+double Trainer::validate() {
+  if (cfg_.data.val.empty()) return NAN;
+  data::LoaderOptions lo;
+  lo.seq_len = cfg_.data.seq_len;
+  lo.shuffle = false;  // always the same leading windows: comparable across steps and runs
+  lo.verify_checksum = cfg_.data.verify_checksum;
+  data::TokenLoader val(data::expand_patterns(cfg_.data.val, "data.val"), lo);
+  return evaluate_loss(*model_, val, cfg_.train.micro_batch, cfg_.train.val_batches, device_).loss;
+}
+
+json Trainer::trainer_state() const {
+  auto ls = train_loader_->state();
+  return {{"step", step_}, {"tokens_seen", tokens_seen_}, {"loader", {{"epoch", ls.epoch}, {"cursor", ls.cursor}}},
+          {"config", to_json(cfg_)}};
+}
+
+void Trainer::save_checkpoint() {
+  std::string dir = io::save_checkpoint(cfg_.train.out_dir, step_, ps_, opt_, trainer_state(), cfg_.train.keep_last);
+  if (!quiet_) std::printf("checkpoint %s\n", dir.c_str());
+}
+
+void Trainer::log_step(const StepStats& s) {
+  append_jsonl(cfg_.train.out_dir, {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
+                                    {"tokens", tokens_seen_}, {"tokens_per_s", s.tokens_per_s}, {"mfu", s.mfu},
+                                    {"step_s", s.step_seconds}});
+  if (quiet_ || (s.step % cfg_.train.log_every != 0 && s.step != cfg_.train.max_steps && s.step != 1)) return;
+  const double eta = double(cfg_.train.max_steps - s.step) * (elapsed_ / double(std::max<int64_t>(s.step, 1)));
+  char mfu[32] = "";
+  if (s.mfu > 0) std::snprintf(mfu, sizeof mfu, " | MFU %4.1f%%", 100 * s.mfu);
+  std::printf("step %6lld/%lld | loss %.4f | lr %.2e | gnorm %6.3f | %9.0f tok/s%s | ETA %s\n",
+              static_cast<long long>(s.step), static_cast<long long>(cfg_.train.max_steps), s.loss, s.lr, s.grad_norm,
+              s.tokens_per_s, mfu, human_seconds(eta).c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::run(int64_t steps) {
+  const int64_t stop = steps > 0 ? std::min(step_ + steps, cfg_.train.max_steps) : cfg_.train.max_steps;
+  while (step_ < stop) {
+    StepStats s = step();
+    log_step(s);
+    const bool last = step_ == cfg_.train.max_steps;
+    if (!cfg_.data.val.empty() && ((cfg_.train.val_every > 0 && step_ % cfg_.train.val_every == 0) || last)) {
+      double v = validate();
+      append_jsonl(cfg_.train.out_dir, {{"step", step_}, {"val_loss", v}, {"val_ppl", std::exp(v)}});
+      if (!quiet_) std::printf("step %6lld | val loss %.4f | val ppl %.2f\n", static_cast<long long>(step_), v, std::exp(v));
+    }
+    if ((cfg_.train.checkpoint_every > 0 && step_ % cfg_.train.checkpoint_every == 0) || last) save_checkpoint();
+  }
+  if (!quiet_)
+    std::printf("done: %lld steps, %.1fs, activation arena peak %.1f MiB\n", static_cast<long long>(step_), elapsed_,
+                double(arena_peak_bytes()) / (1 << 20));
+}
+
+}  // namespace um::train
