@@ -1,6 +1,7 @@
 // Where a tensor lives. The CUDA backend may be compiled out (ULTRAMEM_CUDA=0) or present
 // without a GPU at run time; cuda_available() tells which.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace um {

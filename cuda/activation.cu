@@ -1,0 +1,180 @@
+// CUDA GELU (tanh approximation) and SwiGLU: elementwise, fp32 math, 16-byte vector loads when the
+// sizes and pointers allow (a scalar path otherwise).
+#include "ultramem/ops/activation.h"
+
+#include "common.cuh"
+
+namespace um::cuda {
+namespace {
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+template <int V, typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
+  *reinterpret_cast<Pack<T, V>*>(p) = v;
+}
+
+__device__ __forceinline__ float gelu_value(float x) {
+  return 0.5f * x * (1.f + tanhf(kGeluScale * (x + kGeluCubic * x * x * x)));
+}
+__device__ __forceinline__ float gelu_derivative(float x) {
+  float t = tanhf(kGeluScale * (x + kGeluCubic * x * x * x));
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kGeluScale * (1.f + 3.f * kGeluCubic * x * x);
+}
+__device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
+
+// Grid-stride loops over `n` packs of V elements.
+template <typename T, int V>
+__global__ void gelu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    Pack<T, V> p = load_pack<V>(x + i * V), o;
+#pragma unroll
+    for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(gelu_value(to_f32(p.v[k])));
+    store_pack<V>(y + i * V, o);
+  }
+}
+
+template <typename T, int V>
+__global__ void gelu_backward_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t n,
+                                     bool accumulate) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    Pack<T, V> px = load_pack<V>(x + i * V), pd = load_pack<V>(dy + i * V), old{}, o;
+    if (accumulate) old = load_pack<V>(dx + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float d = to_f32(pd.v[k]) * gelu_derivative(to_f32(px.v[k]));
+      o.v[k] = from_f32<T>(accumulate ? to_f32(old.v[k]) + d : d);
+    }
+    store_pack<V>(dx + i * V, o);
+  }
+}
+
+// x [rows, 2h] = [gate | up], y [rows, h]; pack i covers columns [k, k + V) of row r, hv = h / V.
+template <typename T, int V>
+__global__ void swiglu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t h) {
+  const int64_t hv = h / V, n = rows * hv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / hv, k = (i - r * hv) * V;
+    const T* xr = x + r * 2 * h;
+    Pack<T, V> pg = load_pack<V>(xr + k), pu = load_pack<V>(xr + h + k), o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float g = to_f32(pg.v[j]);
+      o.v[j] = from_f32<T>(g * sigmoid(g) * to_f32(pu.v[j]));
+    }
+    store_pack<V>(y + r * h + k, o);
+  }
+}
+
+// d/dgate = dy * up * s * (1 + g (1 - s)), d/dup = dy * g * s, s = sigmoid(gate).
+template <typename T, int V>
+__global__ void swiglu_backward_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
+                                       int64_t rows, int64_t h, bool accumulate) {
+  const int64_t hv = h / V, n = rows * hv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / hv, k = (i - r * hv) * V;
+    const T* xr = x + r * 2 * h;
+    T* dxr = dx + r * 2 * h;
+    Pack<T, V> pg = load_pack<V>(xr + k), pu = load_pack<V>(xr + h + k), pd = load_pack<V>(dy + r * h + k);
+    Pack<T, V> old_g{}, old_u{}, og, ou;
+    if (accumulate) {
+      old_g = load_pack<V>(dxr + k);
+      old_u = load_pack<V>(dxr + h + k);
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float g = to_f32(pg.v[j]), u = to_f32(pu.v[j]), d = to_f32(pd.v[j]);
+      float s = sigmoid(g);
+      float dgate = d * u * s * (1.f + g * (1.f - s)), dup = d * g * s;
+      og.v[j] = from_f32<T>(accumulate ? to_f32(old_g.v[j]) + dgate : dgate);
+      ou.v[j] = from_f32<T>(accumulate ? to_f32(old_u.v[j]) + dup : dup);
+    }
+    store_pack<V>(dxr + k, og);
+    store_pack<V>(dxr + h + k, ou);
+  }
+}
+
+unsigned grid_for(int64_t n) { return std::min<unsigned>(ceil_div(n, 256), unsigned(sm_count()) * 16u); }
+
+// 16-byte packs need the element count (per row for SwiGLU) to be a multiple of the vector width and
+// every pointer 16-byte aligned.
+template <typename T>
+bool can_vectorize(int64_t n, std::initializer_list<const void*> ptrs) {
+  if (n % (16 / int64_t(sizeof(T)))) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) & 15u) return false;
+  return true;
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+void gelu_forward(const Tensor& x, const Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  UM_DISPATCH_ACT(x.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (can_vectorize<T>(n, {x.data(), y.data()}))
+      gelu_forward_kernel<T, kV><<<grid_for(n / kV), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(), n / kV);
+    else
+      gelu_forward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(), n);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  UM_DISPATCH_ACT(x.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (can_vectorize<T>(n, {x.data(), dy.data(), dx.data()}))
+      gelu_backward_kernel<T, kV><<<grid_for(n / kV), kThreads, 0, stream()>>>(
+          x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), n / kV, accumulate);
+    else
+      gelu_backward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream()>>>(x.data_as<T>(), dy.data_as<T>(),
+                                                                         dx.data_as<T>(), n, accumulate);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void swiglu_forward(const Tensor& x, const Tensor& y) {
+  const int64_t h = x.dim(-1) / 2, rows = x.numel() / (2 * h);
+  if (rows == 0) return;
+  UM_DISPATCH_ACT(x.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (can_vectorize<T>(h, {x.data(), y.data()}))
+      swiglu_forward_kernel<T, kV><<<grid_for(rows * h / kV), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(),
+                                                                                        rows, h);
+    else
+      swiglu_forward_kernel<T, 1><<<grid_for(rows * h), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(), rows,
+                                                                                 h);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {
+  const int64_t h = x.dim(-1) / 2, rows = x.numel() / (2 * h);
+  if (rows == 0) return;
+  UM_DISPATCH_ACT(x.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (can_vectorize<T>(h, {x.data(), dy.data(), dx.data()}))
+      swiglu_backward_kernel<T, kV><<<grid_for(rows * h / kV), kThreads, 0, stream()>>>(
+          x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), rows, h, accumulate);
+    else
+      swiglu_backward_kernel<T, 1><<<grid_for(rows * h), kThreads, 0, stream()>>>(
+          x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), rows, h, accumulate);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+}  // namespace um::cuda

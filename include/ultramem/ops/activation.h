@@ -1,0 +1,37 @@
+// Activation op family: GELU (GPT-2's tanh approximation) and SwiGLU.
+//
+//   gelu(x)   = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+//   swiglu(x) = silu(gate) * up,  x [..., 2h] laid out as [gate | up] along the last dimension,
+//               silu(g) = g * sigmoid(g); the output is [..., h].
+// Math runs in fp32 on the GPU (f64 on an f64 CPU tensor) whatever the storage dtype.
+#pragma once
+#include "ultramem/core/tape.h"
+#include "ultramem/core/tensor.h"
+
+namespace um::ops {
+
+Tensor gelu(const Tensor& x);
+Tensor swiglu(const Tensor& x);
+
+// Kernel-level entry points. dx = (accumulate ? dx : 0) + the gradient through the activation.
+void gelu_forward(const Tensor& x, const Tensor& y);
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+// x [..., 2h], y and dy [..., h], dx [..., 2h] (both halves written).
+void swiglu_forward(const Tensor& x, const Tensor& y);
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+
+}  // namespace um::ops
+
+namespace um::cpu {
+void gelu_forward(const Tensor& x, const Tensor& y);
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+void swiglu_forward(const Tensor& x, const Tensor& y);
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+}  // namespace um::cpu
+
+namespace um::cuda {
+void gelu_forward(const Tensor& x, const Tensor& y);
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+void swiglu_forward(const Tensor& x, const Tensor& y);
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
+}  // namespace um::cuda

@@ -1,0 +1,76 @@
+#include "ultramem/ops/activation.h"
+
+#include "ultramem/core/arena.h"
+#include "src/ops/dispatch.h"
+
+namespace um::ops {
+
+static void check_like(const Tensor& t, const Tensor& x, const Shape& shape, const char* what) {
+  check_shape(t, shape, what);
+  check_dtype(t, x.dtype(), what);
+  check_same_device(x, t, what);
+}
+
+// The shape of swiglu's output: x's with the last dimension halved.
+static Shape swiglu_out_shape(const Tensor& x) {
+  if (!x.defined() || x.ndim() < 1 || x.dim(-1) < 2 || x.dim(-1) % 2 != 0)
+    throw Error("swiglu: x", "shape [..., 2h] ([gate | up]) with an even last dimension", x.desc());
+  Shape s = x.shape();
+  s[-1] = x.dim(-1) / 2;
+  return s;
+}
+
+void gelu_forward(const Tensor& x, const Tensor& y) {
+  check_like(y, x, x.shape(), "gelu: y");
+  UM_DISPATCH_DEVICE(x, gelu_forward, x, y);
+}
+
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {
+  check_like(dy, x, x.shape(), "gelu backward: dy");
+  check_like(dx, x, x.shape(), "gelu backward: dx");
+  UM_DISPATCH_DEVICE(x, gelu_backward, x, dy, dx, accumulate);
+}
+
+void swiglu_forward(const Tensor& x, const Tensor& y) {
+  check_like(y, x, swiglu_out_shape(x), "swiglu: y");
+  UM_DISPATCH_DEVICE(x, swiglu_forward, x, y);
+}
+
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {
+  check_like(dy, x, swiglu_out_shape(x), "swiglu backward: dy");
+  check_like(dx, x, x.shape(), "swiglu backward: dx");
+  UM_DISPATCH_DEVICE(x, swiglu_backward, x, dy, dx, accumulate);
+}
+
+Tensor gelu(const Tensor& x) {
+  UM_CHECK(x.defined(), "gelu: a defined x", "an undefined tensor");
+  Tensor y = alloc_activation(x.shape(), x.dtype(), x.device());
+  gelu_forward(x, y);
+  if (needs_grad({&x})) {
+    y.set_requires_grad(true);
+    current_tape()->record([x, y] {
+      Tensor dy = grad_of(y);
+      if (!dy) return;
+      GradSlot dx = grad_slot(x);
+      gelu_backward(x, dy, dx.grad, dx.accumulate);
+    });
+  }
+  return y;
+}
+
+Tensor swiglu(const Tensor& x) {
+  Tensor y = alloc_activation(swiglu_out_shape(x), x.dtype(), x.device());
+  swiglu_forward(x, y);
+  if (needs_grad({&x})) {
+    y.set_requires_grad(true);
+    current_tape()->record([x, y] {
+      Tensor dy = grad_of(y);
+      if (!dy) return;
+      GradSlot dx = grad_slot(x);
+      swiglu_backward(x, dy, dx.grad, dx.accumulate);
+    });
+  }
+  return y;
+}
+
+}  // namespace um::ops
