@@ -13,14 +13,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if [[ $STEPS == *build* ]]; then
   log "build"
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DULTRAMEM_CUDA=ON \
-    -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" -DCMAKE_CXX_FLAGS="-isystem $PWD/.deps/usr/include" \
+    -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" -DUTF8PROC_INCLUDE_DIR="$PWD/.deps/usr/include" -DUTF8PROC_LIBRARY="$PWD/.deps/usr/lib/x86_64-linux-gnu/libutf8proc.a" -DCMAKE_CXX_FLAGS="-isystem $PWD/.deps/usr/include" \
     -DCMAKE_CUDA_FLAGS="-isystem $PWD/.deps/usr/include" > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
   /usr/bin/time -f "build %e s" cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   tail -1 "$OUT/build.log"
 fi
 if [[ $STEPS == *test* ]]; then
   log "tests"
-  (cd build-gpu && ctest --output-on-failure -j1 > "../$OUT/ctest.log" 2>&1); tail -15 "$OUT/ctest.log"
+  (cd build-gpu && ctest --output-on-failure -j1) > "$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
   ./build-gpu/tests/ultramem-tests "[gpu]" -r compact > "$OUT/gpu-tests.log" 2>&1
   grep -E "passed|failed|FAILED" "$OUT/gpu-tests.log" | tail -40
 fi

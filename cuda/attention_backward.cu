@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "attention_common.cuh"
+#include "ultramem/ops/elementwise.h"
 #include "ultramem/core/arena.h"
 
 namespace um::cuda::attention {
@@ -382,8 +383,20 @@ void attention_backward(const ops::AttentionShape& s, const Tensor& qkv, const T
     return;
   }
   UM_CHECK(qkv.dtype() == DType::bf16, "attention backward on the GPU: an f32 or bf16 qkv", qkv.desc());
-  if (d.D != 64 && d.D != 128)
-    throw Error("attention backward (CUDA, bf16)", "a head dim D of 64 or 128", "D=" + std::to_string(d.D));
+  if (!bf16_head_dim_supported(d.D)) {
+    // As in the forward: other head dims run the f32 CUDA-core kernels on converted copies.
+    Tensor q32 = alloc_activation(qkv.shape(), DType::f32, qkv.device());
+    Tensor y32 = alloc_activation(y.shape(), DType::f32, y.device());
+    Tensor dy32 = alloc_activation(dy.shape(), DType::f32, dy.device());
+    Tensor dq32 = alloc_activation(dqkv.shape(), DType::f32, dqkv.device());
+    cast_forward(qkv, q32);
+    cast_forward(y, y32);
+    cast_forward(dy, dy32);
+    attention_backward_f32(d, q32.data_as<float>(), y32.data_as<float>(), dy32.data_as<float>(), lse.data_as<float>(),
+                           delta.data_as<float>(), dq32.data_as<float>(), false);
+    um::cuda::accumulate(dqkv, dq32, accumulate);
+    return;
+  }
   for (const Tensor* t : {&qkv, &y, &dy, &dqkv}) check_aligned(*t, "attention backward: operands");
   launch_attention_delta(d, y.data_as<bf16>(), dy.data_as<bf16>(), delta.data_as<float>());
   const bf16 *q = qkv.data_as<bf16>(), *g = dy.data_as<bf16>();

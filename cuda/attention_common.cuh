@@ -270,3 +270,9 @@ unsigned grid_1d(int64_t blocks);
 void check_aligned(const Tensor& t, const char* what);
 
 }  // namespace um::cuda::attention
+
+namespace um::cuda {
+// Head dims with tensor-core kernels; bf16 attention with any other D runs the f32 CUDA-core path.
+bool bf16_head_dim_supported(int D);
+}  // namespace um::cuda
+

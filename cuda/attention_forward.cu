@@ -9,6 +9,8 @@
 #include <cmath>
 
 #include "attention_common.cuh"
+#include "ultramem/core/arena.h"
+#include "ultramem/ops/elementwise.h"
 
 namespace um::cuda::attention {
 
@@ -210,6 +212,8 @@ void check_aligned(const Tensor& t, const char* what) {
 
 namespace um::cuda {
 
+bool bf16_head_dim_supported(int D) { return D == 64 || D == 128; }
+
 void attention_forward(const ops::AttentionShape& s, const Tensor& qkv, const Tensor& y, const Tensor& lse) {
   using namespace attention;
   const Dims d = make_dims(s);
@@ -219,6 +223,15 @@ void attention_forward(const ops::AttentionShape& s, const Tensor& qkv, const Te
     return;
   }
   UM_CHECK(qkv.dtype() == DType::bf16, "attention on the GPU: an f32 or bf16 qkv", qkv.desc());
+  if (!bf16_head_dim_supported(d.D)) {
+    // Small models (head dims like 16 or 32): the CUDA-core kernel in f32 on converted copies.
+    Tensor q32 = alloc_activation(qkv.shape(), DType::f32, qkv.device());
+    Tensor y32 = alloc_activation(y.shape(), DType::f32, y.device());
+    cast_forward(qkv, q32);
+    attention_forward_f32(d, q32.data_as<float>(), y32.data_as<float>(), lse.data_as<float>());
+    cast_forward(y32, y);
+    return;
+  }
   check_aligned(qkv, "attention: qkv");
   check_aligned(y, "attention: y");
   const bf16* q = qkv.data_as<bf16>();

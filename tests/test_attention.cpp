@@ -222,10 +222,15 @@ TEST_CASE("attention CUDA f32 matches CPU", "[gpu][attention]") {
   check_cuda_attention({3, 70, 6, 3, 40}, DType::f32, kTolF32);
 }
 
-TEST_CASE("attention CUDA: unsupported bf16 head dim is an error naming D", "[gpu][attention]") {
+TEST_CASE("attention CUDA bf16 with small head dims (f32 CUDA-core fallback) matches CPU", "[gpu][attention]") {
   UM_REQUIRE_GPU();
-  Tensor qkv = Tensor::zeros({1, 8, 3 * 32}, DType::bf16, Device::cuda());
-  CHECK_THROWS_WITH(ops::attention(qkv, 1, 1), Catch::Contains("D=32"));
+  PoisonArena poison(Device::cuda());
+  for (int64_t D : {16, 32})
+    for (int64_t T : {37, 130}) check_cuda_attention({2, T, 4, 2, D}, DType::bf16, kTolBF16);
+}
+
+TEST_CASE("attention CUDA: head dims above 128 are an error naming D", "[gpu][attention]") {
+  UM_REQUIRE_GPU();
   Tensor wide = Tensor::zeros({1, 8, 3 * 160}, DType::f32, Device::cuda());
   CHECK_THROWS_WITH(ops::attention(wide, 1, 1), Catch::Contains("D=160"));
   arena_for(Device::cuda()).reset();
