@@ -17,15 +17,9 @@ namespace {
 constexpr int kRowThreads = 512;     // per-row blocks: up to 16 warps
 constexpr int kReduceThreads = 1024; // the single block reducing row losses (a power of two)
 
-// W consecutive elements moved as one aligned vector access (W = 1: scalar).
-template <typename T, int W>
-struct alignas(sizeof(T) * W) Pack {
-  T v[W];
-};
-
 template <int W, typename T>
 __device__ __forceinline__ void load_f32(const T* p, float (&out)[W]) {
-  Pack<T, W> pk = *reinterpret_cast<const Pack<T, W>*>(p);
+  Pack<T, W> pk = load_pack<W>(p);  // W = 1: a scalar access
 #pragma unroll
   for (int k = 0; k < W; ++k) out[k] = to_f32(pk.v[k]);
 }
@@ -35,7 +29,7 @@ __device__ __forceinline__ void store_f32(T* p, const float (&in)[W]) {
   Pack<T, W> pk;
 #pragma unroll
   for (int k = 0; k < W; ++k) pk.v[k] = from_f32<T>(in[k]);
-  *reinterpret_cast<Pack<T, W>*>(p) = pk;
+  store_pack<W>(p, pk);
 }
 
 // Running softmax statistics of a set of logits: max m and sum of exp(x - m). The empty set is

@@ -27,18 +27,6 @@ namespace {
 constexpr unsigned long long kNoBadPosition = ~0ull;
 constexpr int kItemThreads = 256;  // threads of an item-summing block
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, V>*>(p);
-}
-template <int V, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
-  *reinterpret_cast<Pack<T, V>*>(p) = v;
-}
 
 // out[r, c:c+V] = table[ids[r], c:c+V]; pack i covers columns [c, c + V) of row r.
 template <typename T, int V>

@@ -19,18 +19,6 @@ constexpr int kParamCols = 32;       // parameter-gradient partials: columns per
 constexpr int kParamRowThreads = 8;  // ... and row strides per block
 
 // V elements of T moved by one load/store (16 bytes for the vector path).
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, V>*>(p);
-}
-template <int V, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
-  *reinterpret_cast<Pack<T, V>*>(p) = v;
-}
 
 // The threads that share one row: a warp or the whole block.
 template <bool kWarpPerRow>
