@@ -21,6 +21,7 @@ fi
 if [[ $STEPS == *test* ]]; then
   log "tests"
   (cd build-gpu && ctest --output-on-failure -j1) > "$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
+  ./build-gpu/tests/ultramem-tests "[gpu]" -r junit -o "$OUT/gpu-junit.xml" > /dev/null 2>&1
   ./build-gpu/tests/ultramem-tests "[gpu]" -r compact > "$OUT/gpu-tests.log" 2>&1
   grep -E "passed|failed|FAILED" "$OUT/gpu-tests.log" | tail -40
 fi
@@ -28,6 +29,7 @@ if [[ $STEPS == *bench* ]]; then
   log "kernel benchmarks"
   ./build-gpu/bench/bench-matmul 2>&1 | tee "$OUT/bench-matmul.txt" | tail -20
   ./build-gpu/bench/bench-attention 2>&1 | tee "$OUT/bench-attention.txt" | tail -12
+  ./build-gpu/bench/bench-tokenizer 2>&1 | tee "$OUT/bench-tokenizer.txt" | tail -8
 fi
 if [[ $STEPS == *e2e* ]]; then
   log "end-to-end gpt2-124m"
