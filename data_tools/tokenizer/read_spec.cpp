@@ -102,7 +102,7 @@ static void read_added_tokens(const json& list, const std::string& where, Tokeni
     const json& t = list[i];
     std::string at = detail::concat(where, "[", i, "]");
     for (const char* key : {"lstrip", "rstrip", "single_word"})
-      if (flag(t, key, false)) throw Error(at + "." + key, "false (not implemented: it changes matching)", "true");
+      if (flag(t, key, false)) throw Error(at + "." + key, "false (true changes how tokens match and is unsupported)", "true");
     AddedToken a;
     a.content = t.at("content").get<std::string>();
     a.id = t.at("id").get<uint32_t>();
