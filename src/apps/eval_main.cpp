@@ -1,27 +1,43 @@
-// ultramem-eval --checkpoint DIR --data PATTERN [--seq-len N] [--micro-batch N] [--max-batches N]
-//               [--device auto|cpu|cuda] [--out FILE.json]
+// ultramem-eval --checkpoint DIR --data PATTERNS [--seq-len N] [--micro-batch N] [--max-tokens N]
+//               [--max-batches N] [--device auto|cpu|cuda] [--out FILE.json]
+// Loss, perplexity and (with a tokenizer manifest next to the data) bits per byte of a checkpoint,
+// per data source and in total: the same code path as the trainer's validation.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "ultramem/io/checkpoint.h"
-#include "ultramem/train/config.h"
 #include "ultramem/train/evaluate.h"
 
 using json = nlohmann::json;
 
 static void usage() {
   std::puts(
-      "usage: ultramem-eval --checkpoint DIR --data PATTERN [--seq-len N] [--micro-batch N]\n"
-      "                     [--max-batches N] [--device auto|cpu|cuda] [--out FILE.json]\n"
-      "  Loss and perplexity of a checkpoint over token shards (comma-separated paths or globs).");
+      "usage: ultramem-eval --checkpoint DIR --data PATTERNS [--seq-len N] [--micro-batch N]\n"
+      "                     [--max-tokens N] [--max-batches N] [--device auto|cpu|cuda] [--out FILE.json]\n"
+      "  Loss, perplexity and bits per byte of a checkpoint over token files (.bin, .npy, .u16, .u32;\n"
+      "  comma-separated paths or globs), per source (the file name without -NNNNN/-val/-train) and in total.\n"
+      "  --max-tokens N: at most N tokens per source. Bits per byte need a *-manifest.json next to the files.");
+}
+
+static std::string fmt(const char* f, double v) {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+static json row_json(const um::train::SourceResult& r) {
+  double bpb = r.bits_per_byte();
+  return {{"source", r.source}, {"files", r.files}, {"tokens", r.eval.tokens}, {"loss", r.eval.loss},
+          {"perplexity", std::exp(r.eval.loss)}, {"bits_per_byte", std::isnan(bpb) ? json(nullptr) : json(bpb)},
+          {"text_bytes", r.text_bytes > 0 ? json(r.text_bytes) : json(nullptr)}};
 }
 
 int main(int argc, char** argv) {
   std::string ckpt, data, device = "auto", out;
-  int64_t seq_len = 0, micro_batch = 8, max_batches = 0;
+  int64_t seq_len = 0, micro_batch = 8, max_batches = 0, max_tokens = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -34,6 +50,7 @@ int main(int argc, char** argv) {
       else if (a == "--seq-len") seq_len = std::stoll(next());
       else if (a == "--micro-batch") micro_batch = std::stoll(next());
       else if (a == "--max-batches") max_batches = std::stoll(next());
+      else if (a == "--max-tokens") max_tokens = std::stoll(next());
       else if (a == "--device") device = next();
       else if (a == "--out") out = next();
       else if (a == "--help" || a == "-h") { usage(); return 0; }
@@ -43,33 +60,39 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (ckpt.empty() || data.empty()) {
+  if (ckpt.empty() || data.empty() || micro_batch <= 0 || max_tokens < 0 || max_batches < 0) {
     usage();
     return 2;
   }
   try {
-    std::ifstream in(ckpt + "/trainer.json");
-    if (!in) throw um::Error(ckpt + "/trainer.json", "a checkpoint directory with trainer.json", "it cannot be opened");
-    json st = json::parse(in);
-    um::train::TrainConfig cfg = um::train::parse_config(st.at("config"));
-    if (seq_len <= 0) seq_len = cfg.data.seq_len;
     um::Device dev = device == "cpu" ? um::Device::cpu()
                      : (device == "cuda" || um::cuda_available()) ? um::Device::cuda(0) : um::Device::cpu();
-    um::nn::ParameterStore ps;
-    um::nn::Transformer model(cfg.model, ps);
-    ps.finalize(dev, dev.is_cuda() ? um::DType::bf16 : um::DType::f32, cfg.train.seed);
-    um::io::load_checkpoint(ckpt, ps, nullptr);
-    um::data::LoaderOptions lo;
-    lo.seq_len = seq_len;
-    lo.shuffle = false;
-    um::data::TokenLoader loader(um::data::expand_patterns(data, "--data"), lo);
-    auto r = um::train::evaluate_loss(model, loader, micro_batch, max_batches, dev);
-    std::printf("| checkpoint | data | tokens | loss | perplexity |\n|---|---|---|---|---|\n");
-    std::printf("| %s | %s | %lld | %.4f | %.3f |\n", ckpt.c_str(), data.c_str(), static_cast<long long>(r.tokens), r.loss,
-                std::exp(r.loss));
+    auto m = um::train::load_model(ckpt, dev);
+    um::train::EvalOptions opt;
+    opt.seq_len = seq_len > 0 ? seq_len : m->config.data.seq_len;
+    opt.micro_batch = micro_batch;
+    // --max-batches is the older spelling of a token budget in whole micro-batches.
+    opt.max_tokens = max_tokens > 0 ? max_tokens : max_batches * micro_batch * opt.seq_len;
+    opt.verify_checksum = m->config.data.verify_checksum;
+    opt.raw = um::train::raw_token_options(m->config.data);
+    auto rows = um::train::evaluate_sources(*m->model, um::data::expand_patterns(data, "--data"), opt, dev);
+    auto total = um::train::total_result(rows);
+    std::printf("checkpoint %s, seq_len %lld\n\n", ckpt.c_str(), static_cast<long long>(opt.seq_len));
+    std::printf("| source | files | tokens | loss | perplexity | bits/byte |\n|---|---|---|---|---|---|\n");
+    auto print_row = [](const um::train::SourceResult& r) {
+      std::printf("| %s | %zu | %lld | %.4f | %s | %s |\n", r.source.c_str(), r.files.size(),
+                  static_cast<long long>(r.eval.tokens), r.eval.loss, fmt("%.3f", std::exp(r.eval.loss)).c_str(),
+                  fmt("%.4f", r.bits_per_byte()).c_str());
+    };
+    for (const auto& r : rows) print_row(r);
+    if (rows.size() > 1) print_row(total);
     if (!out.empty()) {
+      json sources = json::array();
+      for (const auto& r : rows) sources.push_back(row_json(r));
       std::ofstream f(out);
-      f << json{{"checkpoint", ckpt}, {"data", data}, {"tokens", r.tokens}, {"loss", r.loss}, {"perplexity", std::exp(r.loss)}}
+      if (!f) throw um::Error(out, "a writable --out file", "it cannot be opened");
+      f << json{{"checkpoint", ckpt}, {"data", data}, {"seq_len", opt.seq_len}, {"micro_batch", micro_batch},
+                {"max_tokens", opt.max_tokens}, {"sources", sources}, {"total", row_json(total)}}
                .dump(2)
         << "\n";
     }

@@ -49,12 +49,43 @@ static nn::ModelConfig parse_model(const json* obj) {
 static DataConfig parse_data(const json* obj) {
   JsonReader r(obj, "data");
   DataConfig d;
-  d.train = r.get_string("train", d.train);
+  const bool is_mixture = obj && obj->contains("train") && (*obj)["train"].is_object();
+  const json* train = is_mixture ? r.get_object("train") : nullptr;
+  if (train) {
+    // A mixture {"name": {"path": "glob", "weight": w}, ...}; sources in alphabetical order (nlohmann::json
+    // keeps object keys sorted), which fixes their order in checkpoints.
+    for (auto it = train->begin(); it != train->end(); ++it) {
+      if (!it.value().is_object())
+        throw Error("data.train." + it.key(), "an object {\"path\": ..., \"weight\": ...}", it.value().type_name());
+      JsonReader s(&it.value(), "data.train." + it.key());
+      DataSourceConfig src;
+      src.name = it.key();
+      src.path = s.get_string("path", "");
+      src.weight = s.get_double("weight", src.weight, 0, 1e12);
+      s.finish();
+      if (src.path.empty())
+        throw Error("data.train." + it.key() + ".path", "paths or glob patterns of token files", "nothing");
+      if (!(src.weight > 0))
+        throw Error("data.train." + it.key() + ".weight", "a positive weight", std::to_string(src.weight));
+      d.mixture.push_back(src);
+    }
+    if (d.mixture.empty()) throw Error("data.train", "at least one source in the mixture", "an empty object");
+  } else {
+    d.train = r.get_string("train", d.train);
+  }
   d.val = r.get_string("val", d.val);
   d.seq_len = r.get_int("seq_len", d.seq_len, 1, 1 << 20);
   d.verify_checksum = r.get_bool("verify_checksum", d.verify_checksum);
+  d.vocab_size = r.get_int("vocab_size", d.vocab_size, 0, (int64_t(1) << 32) - 1);
+  d.eos_id = r.get_int("eos_id", d.eos_id, -1, (int64_t(1) << 32) - 1);
   r.finish();
-  if (d.train.empty()) throw Error("data.train", "paths or glob patterns of token shards", "nothing");
+  if (d.train.empty() && d.mixture.empty())
+    throw Error("data.train", "paths or glob patterns of token shards (.bin) or arrays (.npy, .u16, .u32)", "nothing");
+  if (d.vocab_size > 0 && d.eos_id >= d.vocab_size)
+    throw Error("data.eos_id", detail::concat("an id below data.vocab_size (", d.vocab_size, ")"),
+                std::to_string(d.eos_id));
+  if (d.vocab_size == 0 && d.eos_id >= 0)
+    throw Error("data.eos_id", "data.vocab_size to be set with it", "no data.vocab_size");
   return d;
 }
 
@@ -131,6 +162,13 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
   }
 }
 
+data::RawTokenOptions raw_token_options(const DataConfig& d) {
+  data::RawTokenOptions o;
+  o.vocab_size = uint32_t(d.vocab_size);
+  o.eos_id = d.eos_id >= 0 ? uint32_t(d.eos_id) : d.vocab_size > 0 ? uint32_t(d.vocab_size - 1) : 0;
+  return o;
+}
+
 json to_json(const TrainConfig& c) {
   const auto& m = c.model;
   json j;
@@ -142,7 +180,13 @@ json to_json(const TrainConfig& c) {
                 {"tie_embeddings", m.tie_embeddings}, {"init_std", m.init_std}, {"init", m.init},
                 {"dropout", m.dropout}};
   const auto& d = c.data;
-  j["data"] = {{"train", d.train}, {"val", d.val}, {"seq_len", d.seq_len}, {"verify_checksum", d.verify_checksum}};
+  j["data"] = {{"train", d.train}, {"val", d.val}, {"seq_len", d.seq_len}, {"verify_checksum", d.verify_checksum},
+               {"vocab_size", d.vocab_size}, {"eos_id", d.eos_id}};
+  if (!d.mixture.empty()) {
+    json m = json::object();
+    for (const auto& s : d.mixture) m[s.name] = {{"path", s.path}, {"weight", s.weight}};
+    j["data"]["train"] = m;
+  }
   const auto& o = c.optim;
   j["optim"] = {{"lr", o.lr}, {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps},
                 {"weight_decay", o.weight_decay}, {"decay_embeddings", o.decay_embeddings},

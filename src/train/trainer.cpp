@@ -52,6 +52,35 @@ static void append_jsonl(const std::string& out_dir, const json& j) {
   f << j.dump() << "\n";
 }
 
+// trainer.json's "loader": {epoch, cursor} for one source; {draws, sources: [{name, epoch, cursor}]}
+// for a mixture (names checked on resume, so a reordered or renamed mixture is an error, not a silent shift).
+static json loader_state_to_json(const data::LoaderState& s, const data::TokenLoader& loader) {
+  if (!loader.is_mixture()) return {{"epoch", s.epoch}, {"cursor", s.cursor}};
+  json sources = json::array();
+  for (size_t i = 0; i < s.sources.size(); ++i)
+    sources.push_back({{"name", loader.source_name(i)}, {"epoch", s.sources[i].epoch}, {"cursor", s.sources[i].cursor}});
+  return {{"draws", s.draws}, {"sources", sources}};
+}
+
+static data::LoaderState loader_state_from_json(const json& j, const data::TokenLoader& loader) {
+  data::LoaderState s;
+  if (!loader.is_mixture()) {
+    s.epoch = j.at("epoch").get<uint64_t>();
+    s.cursor = j.at("cursor").get<uint64_t>();
+    return s;
+  }
+  s.draws = j.at("draws").get<uint64_t>();
+  const json& src = j.at("sources");
+  for (size_t i = 0; i < src.size(); ++i) {
+    std::string name = src[i].at("name").get<std::string>();
+    if (i >= loader.source_count() || name != loader.source_name(i))
+      throw Error("trainer.json loader.sources", "the mixture sources of the config, in order",
+                  detail::concat("\"", name, "\" at position ", i));
+    s.sources.push_back({src[i].at("epoch").get<uint64_t>(), src[i].at("cursor").get<uint64_t>()});
+  }
+  return s;
+}
+
 Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), quiet_(quiet) {
   device_ = resolve_device(cfg.train.device);
   const std::string& prec = cfg.train.precision;
@@ -80,14 +109,19 @@ Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), q
   lo.seq_len = cfg.data.seq_len;
   lo.seed = cfg.train.seed;
   lo.verify_checksum = cfg.data.verify_checksum;
-  train_loader_ = std::make_unique<data::TokenLoader>(data::expand_patterns(cfg.data.train, "data.train"), lo);
+  lo.raw = raw_token_options(cfg.data);
+  if (cfg.data.mixture.empty()) {
+    train_loader_ = std::make_unique<data::TokenLoader>(data::expand_patterns(cfg.data.train, "data.train"), lo);
+  } else {
+    std::vector<data::LoaderSource> sources;
+    for (const auto& m : cfg.data.mixture)
+      sources.push_back({m.name, data::expand_patterns(m.path, "data.train." + m.name + ".path"), m.weight});
+    train_loader_ = std::make_unique<data::TokenLoader>(sources, lo);
+  }
   if (int64_t(train_loader_->vocab_size()) > cfg.model.real_vocab())
     throw Error("data.train", detail::concat("shards whose vocabulary (", train_loader_->vocab_size(),
                                              ") fits model.valid_vocab/vocab_size (", cfg.model.real_vocab(), ")"),
                 "a larger vocabulary");
-  const int64_t n = cfg.train.micro_batch * cfg.data.seq_len;
-  host_ids_.resize(size_t(n));
-  host_targets_.resize(size_t(n));
   ids_ = Tensor::empty({cfg.train.micro_batch, cfg.data.seq_len}, DType::i32, device_);
   targets_ = Tensor::empty({cfg.train.micro_batch, cfg.data.seq_len}, DType::i32, device_);
   peak_flops_ = device_.is_cuda() ? peak_flops_for(cuda_device_name(), cfg.train.peak_tflops) : 0;
@@ -101,12 +135,13 @@ Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), q
     try {
       step_ = st.at("step").get<int64_t>();
       tokens_seen_ = st.at("tokens_seen").get<int64_t>();
-      train_loader_->set_state({st.at("loader").at("epoch").get<uint64_t>(), st.at("loader").at("cursor").get<uint64_t>()});
+      train_loader_->set_state(loader_state_from_json(st.at("loader"), *train_loader_));
     } catch (const json::exception& e) {
-      throw Error(dir + "/trainer.json", "step, tokens_seen and loader {epoch, cursor}", e.what());
+      throw Error(dir + "/trainer.json", "step, tokens_seen and loader {epoch, cursor} or {draws, sources}", e.what());
     }
     if (!quiet_) std::printf("resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(step_));
   }
+  prefetcher_ = std::make_unique<data::BatchPrefetcher>(*train_loader_, cfg.train.micro_batch);  // after the resume
   std::ofstream(fs::path(cfg.train.out_dir) / "config.json") << to_json(cfg).dump(2) << "\n";
   if (!quiet_)
     std::printf("ultramem: %s, %s compute, %.2fM parameters, %lld micro-batches of %lldx%lld per step\n",
@@ -119,10 +154,12 @@ Trainer::~Trainer() = default;
 
 size_t Trainer::arena_peak_bytes() const { return arena_for(device_).peak_bytes(); }
 
-void Trainer::load_batch(data::TokenLoader& loader) {
-  loader.next_batch(cfg_.train.micro_batch, host_ids_.data(), host_targets_.data());
-  copy_bytes(ids_.data(), device_, host_ids_.data(), Device::cpu(), host_ids_.size() * 4);
-  copy_bytes(targets_.data(), device_, host_targets_.data(), Device::cpu(), host_targets_.size() * 4);
+void Trainer::load_batch() {
+  // The worker reads the following micro-batch while this one trains.
+  const data::BatchPrefetcher::Batch b = prefetcher_->next();
+  const size_t bytes = size_t(cfg_.train.micro_batch * cfg_.data.seq_len) * 4;
+  copy_bytes(ids_.data(), device_, b.ids, Device::cpu(), bytes);
+  copy_bytes(targets_.data(), device_, b.targets, Device::cpu(), bytes);
 }
 
 std::vector<optim::AdamWGroup> Trainer::groups_for_lr(double lr) const {
@@ -141,7 +178,7 @@ StepStats Trainer::step() {
   Arena& arena = arena_for(device_);
   double loss_sum = 0;
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
-    load_batch(*train_loader_);
+    load_batch();
     nn::StepContext ctx;
     ctx.training = true;
     ctx.dropout_seed = cfg_.train.seed * 1000003ull + uint64_t(step_) * 4099ull + uint64_t(micro);
@@ -199,14 +236,15 @@ double Trainer::validate() {
   lo.seq_len = cfg_.data.seq_len;
   lo.shuffle = false;  // always the same leading windows: comparable across steps and runs
   lo.verify_checksum = cfg_.data.verify_checksum;
+  lo.raw = raw_token_options(cfg_.data);
   data::TokenLoader val(data::expand_patterns(cfg_.data.val, "data.val"), lo);
   return evaluate_loss(*model_, val, cfg_.train.micro_batch, cfg_.train.val_batches, device_).loss;
 }
 
 json Trainer::trainer_state() const {
-  auto ls = train_loader_->state();
-  return {{"step", step_}, {"tokens_seen", tokens_seen_}, {"loader", {{"epoch", ls.epoch}, {"cursor", ls.cursor}}},
-          {"config", to_json(cfg_)}};
+  // The state after the last micro-batch a step consumed, not after the one being prefetched.
+  json loader = loader_state_to_json(prefetcher_->consumed_state(), *train_loader_);
+  return {{"step", step_}, {"tokens_seen", tokens_seen_}, {"loader", loader}, {"config", to_json(cfg_)}};
 }
 
 void Trainer::save_checkpoint() {

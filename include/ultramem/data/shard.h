@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "ultramem/data/token_source.h"
+
 namespace um::data {
 
 constexpr size_t kShardHeaderBytes = 1024;
@@ -34,21 +36,23 @@ uint64_t payload_checksum(const void* data, size_t bytes);
 
 // A read-only memory-mapped shard. Opening validates the header and the file size (and the checksum
 // when asked); every problem is an Error naming the file.
-class Shard {
+class Shard : public TokenSource {
  public:
   Shard(const std::string& path, bool verify_checksum);
-  ~Shard();
+  ~Shard() override;
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
   const ShardHeader& header() const { return header_; }
-  const std::string& path() const { return path_; }
-  uint64_t size() const { return header_.token_count; }
+  const std::string& path() const override { return path_; }
+  uint64_t size() const override { return header_.token_count; }
+  uint32_t vocab_size() const override { return header_.vocab_size; }
+  uint32_t eos_id() const override { return header_.eos_id; }
   uint32_t token(uint64_t i) const {
     return header_.token_bytes == 2 ? static_cast<const uint16_t*>(tokens_)[i] : static_cast<const uint32_t*>(tokens_)[i];
   }
   // Copies tokens [start, start + n) into out as int32.
-  void read(uint64_t start, uint64_t n, int32_t* out) const;
+  void read(uint64_t start, uint64_t n, int32_t* out) const override;
 
  private:
   std::string path_;

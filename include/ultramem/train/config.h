@@ -5,15 +5,26 @@
 #include <string>
 #include <vector>
 
+#include "ultramem/data/token_source.h"
 #include "ultramem/nn/model_config.h"
 
 namespace um::train {
 
+// One source of a training mixture (data.train given as an object).
+struct DataSourceConfig {
+  std::string name;
+  std::string path;  // comma-separated paths or glob patterns
+  double weight = 1;
+};
+
 struct DataConfig {
-  std::string train;  // comma-separated paths or glob patterns of .bin shards
+  std::string train;  // comma-separated paths or glob patterns of token files (empty when `mixture` is set)
+  std::vector<DataSourceConfig> mixture;  // data.train as {"name": {"path": ..., "weight": ...}, ...}
   std::string val;    // same, may be empty (no validation)
   int64_t seq_len = 1024;
   bool verify_checksum = true;
+  int64_t vocab_size = 0;  // vocabulary of raw token arrays (.npy/.u16/.u32); 0 = shards only
+  int64_t eos_id = -1;     // their end-of-document id; -1 = vocab_size - 1
 };
 
 struct OptimConfig {
@@ -55,6 +66,8 @@ struct TrainConfig {
 TrainConfig parse_config(const nlohmann::json& doc);
 // Reads `path`, applies --set overrides ("a.b=value"), parses.
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+// The vocabulary of raw token arrays from data.vocab_size / data.eos_id (eos -1 -> vocab_size - 1).
+data::RawTokenOptions raw_token_options(const DataConfig& d);
 // The resolved config, every default written out (saved with every run and checkpoint).
 nlohmann::json to_json(const TrainConfig& c);
 

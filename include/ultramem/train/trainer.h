@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ultramem/data/loader.h"
+#include "ultramem/data/prefetcher.h"
 #include "ultramem/io/checkpoint.h"
 #include "ultramem/nn/parameters.h"
 #include "ultramem/nn/transformer.h"
@@ -41,7 +42,7 @@ class Trainer {
   size_t arena_peak_bytes() const;
 
  private:
-  void load_batch(data::TokenLoader& loader);
+  void load_batch();
   nlohmann::json trainer_state() const;
   void log_step(const StepStats& s);
   std::vector<optim::AdamWGroup> groups_for_lr(double lr) const;
@@ -54,7 +55,7 @@ class Trainer {
   std::unique_ptr<nn::Transformer> model_;
   io::OptimizerState opt_;
   std::unique_ptr<data::TokenLoader> train_loader_;
-  std::vector<int32_t> host_ids_, host_targets_;
+  std::unique_ptr<data::BatchPrefetcher> prefetcher_;  // reads train_loader_ ahead; declared after it: stops first
   Tensor ids_, targets_;  // device copies of the current micro-batch, allocated once
   int64_t step_ = 0, tokens_seen_ = 0, accum_steps_ = 1;
   double peak_flops_ = 0, elapsed_ = 0;
