@@ -1,24 +1,12 @@
-// CUDA GELU (tanh approximation) and SwiGLU: elementwise, fp32 math, 16-byte vector loads when the
-// sizes and pointers allow (a scalar path otherwise).
+// CUDA GELU (tanh approximation), SwiGLU and silu_mul: elementwise, fp32 math (activation_math.cuh),
+// 16-byte vector loads when the sizes and pointers allow (a scalar path otherwise).
 #include "ultramem/ops/activation.h"
 
+#include "activation_math.cuh"
 #include "common.cuh"
 
 namespace um::cuda {
 namespace {
-
-constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
-constexpr float kGeluCubic = 0.044715f;
-
-
-__device__ __forceinline__ float gelu_value(float x) {
-  return 0.5f * x * (1.f + tanhf(kGeluScale * (x + kGeluCubic * x * x * x)));
-}
-__device__ __forceinline__ float gelu_derivative(float x) {
-  float t = tanhf(kGeluScale * (x + kGeluCubic * x * x * x));
-  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kGeluScale * (1.f + 3.f * kGeluCubic * x * x);
-}
-__device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
 
 // Grid-stride loops over `n` packs of V elements.
 template <typename T, int V>
@@ -88,6 +76,45 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ x, const T* __restr
     }
     store_pack<V>(dxr + k, og);
     store_pack<V>(dxr + h + k, ou);
+  }
+}
+
+// y = silu(gate) * up over `n` packs of V elements.
+template <typename T, int V>
+__global__ void silu_mul_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ y,
+                                        int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    Pack<T, V> pg = load_pack<V>(gate + i * V), pu = load_pack<V>(up + i * V), o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float g = to_f32(pg.v[j]);
+      o.v[j] = from_f32<T>(g * sigmoid(g) * to_f32(pu.v[j]));
+    }
+    store_pack<V>(y + i * V, o);
+  }
+}
+
+// dgate = dy * up * s * (1 + g (1 - s)), dup = dy * g * s, s = sigmoid(gate); a null output is skipped
+// (the test is uniform over the grid).
+template <typename T, int V>
+__global__ void silu_mul_backward_kernel(const T* __restrict__ gate, const T* __restrict__ up,
+                                         const T* __restrict__ dy, T* __restrict__ dgate, bool acc_gate,
+                                         T* __restrict__ dup, bool acc_up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    Pack<T, V> pg = load_pack<V>(gate + i * V), pu = load_pack<V>(up + i * V), pd = load_pack<V>(dy + i * V);
+    Pack<T, V> old_g{}, old_u{}, og, ou;
+    if (dgate && acc_gate) old_g = load_pack<V>(dgate + i * V);
+    if (dup && acc_up) old_u = load_pack<V>(dup + i * V);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float g = to_f32(pg.v[j]), u = to_f32(pu.v[j]), d = to_f32(pd.v[j]);
+      float s = sigmoid(g);
+      float vg = d * u * s * (1.f + g * (1.f - s)), vu = d * g * s;
+      og.v[j] = from_f32<T>(acc_gate ? to_f32(old_g.v[j]) + vg : vg);
+      ou.v[j] = from_f32<T>(acc_up ? to_f32(old_u.v[j]) + vu : vu);
+    }
+    if (dgate) store_pack<V>(dgate + i * V, og);
+    if (dup) store_pack<V>(dup + i * V, ou);
   }
 }
 
@@ -161,6 +188,39 @@ void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool a
     else
       swiglu_backward_kernel<T, 1><<<grid_for(rows * h), kThreads, 0, stream()>>>(
           x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), rows, h, accumulate);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void silu_mul_forward(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  UM_DISPATCH_ACT(gate.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (can_vectorize<T>(n, {gate.data(), up.data(), y.data()}))
+      silu_mul_forward_kernel<T, kV><<<grid_for(n / kV), kThreads, 0, stream()>>>(
+          gate.data_as<T>(), up.data_as<T>(), y.data_as<T>(), n / kV);
+    else
+      silu_mul_forward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream()>>>(gate.data_as<T>(), up.data_as<T>(),
+                                                                            y.data_as<T>(), n);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, bool acc_gate,
+                       const Tensor& dup, bool acc_up) {
+  const int64_t n = gate.numel();
+  if (n == 0 || (!dgate && !dup)) return;
+  UM_DISPATCH_ACT(gate.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    T* pg = dgate ? dgate.data_as<T>() : nullptr;
+    T* pu = dup ? dup.data_as<T>() : nullptr;
+    if (can_vectorize<T>(n, {gate.data(), up.data(), dy.data(), pg, pu}))
+      silu_mul_backward_kernel<T, kV><<<grid_for(n / kV), kThreads, 0, stream()>>>(
+          gate.data_as<T>(), up.data_as<T>(), dy.data_as<T>(), pg, acc_gate, pu, acc_up, n / kV);
+    else
+      silu_mul_backward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream()>>>(
+          gate.data_as<T>(), up.data_as<T>(), dy.data_as<T>(), pg, acc_gate, pu, acc_up, n);
   });
   UM_CUDA_LAUNCHED();
 }

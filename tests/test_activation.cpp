@@ -67,6 +67,51 @@ TEST_CASE("swiglu: values against silu(gate) * up", "[ops][activation]") {
   CHECK_THROWS_WITH(ops::swiglu(randn({2, 7}, DType::f32, Device::cpu(), 1)), Catch::Contains("swiglu: x"));
 }
 
+TEST_CASE("silu_mul: values against silu(gate) * up, shape and dtype checks", "[ops][activation]") {
+  PoisonArena poison(Device::cpu());
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor g = randn({3, 7}, dt, Device::cpu(), 50, 3.0), u = randn({3, 7}, dt, Device::cpu(), 51);
+    Tensor y = ops::silu_mul(g, u);
+    REQUIRE(y.shape() == g.shape());
+    std::vector<double> gs = g.to_doubles(), us = u.to_doubles(), ref(gs.size());
+    for (size_t i = 0; i < gs.size(); ++i) ref[i] = gs[i] / (1.0 + std::exp(-gs[i])) * us[i];
+    INFO("dtype=" << dtype_name(dt));
+    CHECK(rel_error(y.to_doubles(), ref) < (dt == DType::f64 ? 1e-14 : 1e-6));
+  }
+  Tensor g = randn({3, 7}, DType::f32, Device::cpu(), 52);
+  CHECK_THROWS_WITH(ops::silu_mul(g, randn({3, 6}, DType::f32, Device::cpu(), 53)), Catch::Contains("silu_mul: up"));
+  CHECK_THROWS_WITH(ops::silu_mul(g, randn({3, 7}, DType::f64, Device::cpu(), 54)), Catch::Contains("silu_mul: up"));
+}
+
+TEST_CASE("silu_mul: float64 gradients of gate and up, and of silu_mul(x, x)", "[ops][activation]") {
+  Tensor g = randn({4, 9}, DType::f64, Device::cpu(), 55, 2.0), u = randn({4, 9}, DType::f64, Device::cpu(), 56);
+  g.set_requires_grad(true);
+  u.set_requires_grad(true);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::silu_mul(in[0], in[1]); }, {g, u}) <
+        kTolGradcheck);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::silu_mul(in[0], in[0]); }, {g}) < kTolGradcheck);
+  // Only one input differentiable: the other gradient is not requested.
+  Tensor fixed = randn({4, 9}, DType::f64, Device::cpu(), 57);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::silu_mul(fixed, in[0]); }, {u}) < kTolGradcheck);
+}
+
+TEST_CASE("silu_mul backward: accumulate, and either gradient alone", "[ops][activation]") {
+  PoisonArena poison(Device::cpu());
+  const Shape s{5, 6};
+  Tensor g = randn(s, DType::f64, Device::cpu(), 60), u = randn(s, DType::f64, Device::cpu(), 61);
+  Tensor dy = randn(s, DType::f64, Device::cpu(), 62);
+  Tensor fg = alloc_activation(s, DType::f64, Device::cpu()), fu = alloc_activation(s, DType::f64, Device::cpu());
+  ops::silu_mul_backward(g, u, dy, fg, false, fu, false);
+  Tensor pg = randn(s, DType::f64, Device::cpu(), 63), pu = randn(s, DType::f64, Device::cpu(), 64);
+  Tensor ag = alloc_activation(s, DType::f64, Device::cpu()), au = alloc_activation(s, DType::f64, Device::cpu());
+  ag.copy_from(pg);
+  au.copy_from(pu);
+  ops::silu_mul_backward(g, u, dy, ag, true, Tensor(), false);
+  ops::silu_mul_backward(g, u, dy, Tensor(), false, au, true);
+  CHECK(rel_error(ag.to_doubles(), plus(pg.to_doubles(), fg.to_doubles())) < 1e-14);
+  CHECK(rel_error(au.to_doubles(), plus(pu.to_doubles(), fu.to_doubles())) < 1e-14);
+}
+
 TEST_CASE("gelu and swiglu: float64 gradients", "[ops][activation]") {
   Tensor x = randn({3, 10}, DType::f64, Device::cpu(), 20, 2.0);
   x.set_requires_grad(true);
@@ -151,4 +196,56 @@ TEST_CASE("gelu and swiglu autograd on CUDA match CPU", "[gpu][activation]") {
   gpu_in[0].set_requires_grad(true);
   std::vector<Tensor> ref = grads_of_projection(f, cpu_in, R), out = grads_of_projection(f, gpu_in, R);
   CHECK(rel_error(out[0], ref[0]) < kTolF32);
+}
+
+// silu_mul on CUDA vs CPU on dt-rounded inputs: forward, backward, accumulate, one gradient alone.
+static void compare_silu_mul_on_gpu(const Shape& shape, DType dt) {
+  const Device gpu = Device::cuda(), cpu = Device::cpu();
+  const double tol = dt == DType::f32 ? kTolF32 : kTolBF16;
+  const uint64_t seed = uint64_t(shape.numel()) + 500;
+  Tensor g = rounded(randn(shape, DType::f32, cpu, seed, 2.5), dt);
+  Tensor u = rounded(randn(shape, DType::f32, cpu, seed + 1), dt);
+  Tensor dy = rounded(randn(shape, DType::f32, cpu, seed + 2), dt);
+  Tensor prior = rounded(randn(shape, DType::f32, cpu, seed + 3), dt);
+  Tensor y = Tensor::empty(shape, DType::f32);
+  Tensor dg = Tensor::empty(shape, DType::f32), du = Tensor::empty(shape, DType::f32);
+  ops::silu_mul_forward(g, u, y);
+  ops::silu_mul_backward(g, u, dy, dg, false, du, false);
+  Tensor gg = arena_copy(g, dt, gpu), gu = arena_copy(u, dt, gpu), gdy = arena_copy(dy, dt, gpu);
+  Tensor gy = alloc_activation(shape, dt, gpu);
+  Tensor gdg = alloc_activation(shape, dt, gpu), gdu = alloc_activation(shape, dt, gpu);
+  Tensor gacc = arena_copy(prior, dt, gpu);
+  ops::silu_mul_forward(gg, gu, gy);
+  ops::silu_mul_backward(gg, gu, gdy, gdg, false, gdu, false);
+  INFO("silu_mul shape=" << shape.str() << " dtype=" << dtype_name(dt));
+  CHECK(rel_error(gy, y) < tol);
+  CHECK(rel_error(gdg, dg) < tol);
+  CHECK(rel_error(gdu, du) < tol);
+  ops::silu_mul_backward(gg, gu, gdy, Tensor(), false, gacc, true);
+  CHECK(rel_error(gacc.to_doubles(), plus(prior.to_doubles(), du.to_doubles())) < tol);
+}
+
+TEST_CASE("silu_mul CUDA matches CPU", "[gpu][activation]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (int64_t n : {1, 7, 37 * 33, 4099}) compare_silu_mul_on_gpu(Shape{n}, dt);
+    compare_silu_mul_on_gpu(Shape{37, 768}, dt);
+    compare_silu_mul_on_gpu(Shape{3, 5, 24}, dt);
+  }
+  arena_for(Device::cuda()).reset();
+}
+
+TEST_CASE("silu_mul autograd on CUDA matches CPU", "[gpu][activation]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  Tensor g = randn({37, 33}, DType::f32, Device::cpu(), 92), u = randn({37, 33}, DType::f32, Device::cpu(), 93);
+  Tensor R = randn({37, 33}, DType::f32, Device::cpu(), 94);
+  auto f = [](const std::vector<Tensor>& in) { return ops::silu_mul(in[0], in[1]); };
+  std::vector<Tensor> cpu_in = {g, u}, gpu_in = {g.to(Device::cuda()), u.to(Device::cuda())};
+  for (auto& t : cpu_in) t.set_requires_grad(true);
+  for (auto& t : gpu_in) t.set_requires_grad(true);
+  std::vector<Tensor> ref = grads_of_projection(f, cpu_in, R), out = grads_of_projection(f, gpu_in, R);
+  CHECK(rel_error(out[0], ref[0]) < kTolF32);
+  CHECK(rel_error(out[1], ref[1]) < kTolF32);
 }

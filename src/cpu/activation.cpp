@@ -3,23 +3,10 @@
 
 #include <cmath>
 
+#include "src/cpu/activation_math.h"
 #include "src/cpu/dispatch.h"
 
 namespace um::cpu {
-
-static constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2 / pi)
-static constexpr double kGeluCubic = 0.044715;
-
-static double gelu_value(double x) {
-  return 0.5 * x * (1.0 + std::tanh(kGeluScale * (x + kGeluCubic * x * x * x)));
-}
-
-static double gelu_derivative(double x) {
-  double t = std::tanh(kGeluScale * (x + kGeluCubic * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * kGeluScale * (1.0 + 3.0 * kGeluCubic * x * x);
-}
-
-static double sigmoid(double g) { return 1.0 / (1.0 + std::exp(-g)); }
 
 template <typename T>
 static void gelu_forward_kernel(const T* x, T* y, int64_t n) {
@@ -62,6 +49,34 @@ static void swiglu_backward_kernel(const T* x, const T* dy, T* dx, bool accumula
     }
 }
 
+template <typename T>
+static void silu_mul_forward_kernel(const T* gate, const T* up, T* y, int64_t n) {
+#pragma omp parallel for if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) {
+    double g = double(gate[i]);
+    y[i] = T(g * sigmoid(g) * double(up[i]));
+  }
+}
+
+// Either output may be null (not wanted).
+template <typename T>
+static void silu_mul_backward_kernel(const T* gate, const T* up, const T* dy, T* dgate, bool acc_gate, T* dup,
+                                     bool acc_up, int64_t n) {
+#pragma omp parallel for if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) {
+    double g = double(gate[i]), u = double(up[i]), d = double(dy[i]);
+    double s = sigmoid(g);
+    if (dgate) {
+      double v = d * u * s * (1.0 + g * (1.0 - s));
+      dgate[i] = acc_gate ? T(double(dgate[i]) + v) : T(v);
+    }
+    if (dup) {
+      double v = d * g * s;
+      dup[i] = acc_up ? T(double(dup[i]) + v) : T(v);
+    }
+  }
+}
+
 void gelu_forward(const Tensor& x, const Tensor& y) {
   UM_DISPATCH_CPU(x.dtype(), T, gelu_forward_kernel<T>(x.data_as<T>(), y.data_as<T>(), x.numel()));
 }
@@ -80,6 +95,19 @@ void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool a
   int64_t h = x.dim(-1) / 2, rows = x.numel() / (2 * h);
   UM_DISPATCH_CPU(x.dtype(), T,
                   swiglu_backward_kernel<T>(x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), accumulate, rows, h));
+}
+
+void silu_mul_forward(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  UM_DISPATCH_CPU(gate.dtype(), T,
+                  silu_mul_forward_kernel<T>(gate.data_as<T>(), up.data_as<T>(), y.data_as<T>(), gate.numel()));
+}
+
+void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, bool acc_gate,
+                       const Tensor& dup, bool acc_up) {
+  UM_DISPATCH_CPU(gate.dtype(), T,
+                  silu_mul_backward_kernel<T>(gate.data_as<T>(), up.data_as<T>(), dy.data_as<T>(),
+                                              dgate ? dgate.data_as<T>() : nullptr, acc_gate,
+                                              dup ? dup.data_as<T>() : nullptr, acc_up, gate.numel()));
 }
 
 }  // namespace um::cpu

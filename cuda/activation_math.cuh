@@ -1,0 +1,20 @@
+// Device math of the activation family (fp32), shared by the kernels that fuse an activation:
+// GPT-2's tanh GELU and the sigmoid of SiLU (formulas in include/ultramem/ops/activation.h).
+#pragma once
+#include <cuda_runtime.h>
+
+namespace um::cuda {
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+__device__ __forceinline__ float gelu_value(float x) {
+  return 0.5f * x * (1.f + tanhf(kGeluScale * (x + kGeluCubic * x * x * x)));
+}
+__device__ __forceinline__ float gelu_derivative(float x) {
+  float t = tanhf(kGeluScale * (x + kGeluCubic * x * x * x));
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kGeluScale * (1.f + 3.f * kGeluCubic * x * x);
+}
+__device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
+
+}  // namespace um::cuda
