@@ -3,6 +3,7 @@
 #include <map>
 
 #include "src/nn/mlp.h"
+#include "src/nn/moe.h"
 
 namespace um::nn {
 
@@ -11,6 +12,9 @@ static std::map<std::string, FfnFactory>& factories() {
   static std::map<std::string, FfnFactory> f = {
       {"mlp", [](const ModelConfig& c, int, const std::string& prefix, ParameterStore& ps) {
          return std::unique_ptr<FeedForward>(new Mlp(c, prefix, ps));
+       }},
+      {"moe", [](const ModelConfig& c, int layer, const std::string& prefix, ParameterStore& ps) {
+         return std::unique_ptr<FeedForward>(new Moe(c, layer, prefix, ps));
        }},
   };
   return f;

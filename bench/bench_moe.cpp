@@ -1,0 +1,175 @@
+// MoE layer benchmark: forward + backward of the MoE feed-forward (router, dispatch, grouped expert
+// GEMMs, combine, aux losses) at 16k tokens, d 768, SwiGLU, bf16 activations with f32 master
+// gradients, against the dense SwiGLU MLP of the same active FLOPs in the same binary. Each MoE case runs
+// twice: expert GEMMs as one cublasGemmGroupedBatchedEx call per product ("grouped") and as one
+// cublasGemmEx per expert ("loop"). FLOPs are model FLOPs (6 x active matmul weights x tokens, the
+// router included); the table's last column is the MoE layer's achieved TFLOP/s over the dense layer's.
+// Times: wall clock over `--reps` synchronised iterations after warm-up (the layer synchronises once per
+// forward for the group sizes, so events would measure the same).
+//
+//   bench-moe [--tokens N] [--reps R]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "src/nn/moe.h"
+#include "ultramem/core/arena.h"
+#include "ultramem/core/tape.h"
+#include "ultramem/core/tensor.h"
+#include "ultramem/ops/activation.h"
+#include "ultramem/ops/grouped_linear.h"
+#include "ultramem/ops/linear.h"
+
+using namespace um;
+
+namespace {
+
+struct Case {
+  std::string name;
+  int64_t experts, top_k, hidden;  // expert hidden
+  int64_t dense_hidden;            // the dense MLP of equal active FLOPs: top_k * hidden
+};
+
+struct Row {
+  std::string name, impl;
+  double ms = 0, tflops = 0, vs_dense = 0;
+};
+
+Tensor param(const Shape& s, double std, uint64_t seed) {
+  // Random bf16 compute copy with an f32 gradient buffer, as the trainer's parameters.
+  std::vector<double> v(size_t(s.numel()));
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& e : v) {
+    // Sum of 4 uniforms: cheap, roughly normal.
+    double a = 0;
+    for (int i = 0; i < 4; ++i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      a += double(x >> 11) * 0x1.0p-53 - 0.5;
+    }
+    e = a * std * 1.7320508;
+  }
+  Tensor t = Tensor::from_doubles(v, s, DType::bf16, Device::cuda());
+  t.set_requires_grad(true);
+  t.set_grad(Tensor::zeros(s, DType::f32, Device::cuda()));
+  return t;
+}
+
+// Median-free mean over reps of one synchronised forward + backward.
+template <typename F>
+double time_ms(F&& step, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) step();
+  cuda_synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) step();
+  cuda_synchronize();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+void backward_from(Tape& tape, const Tensor& y, const Tensor& dy, const std::vector<Tensor>& extra) {
+  Tensor loss = Tensor::zeros(Shape{1}, DType::f32, y.device());
+  loss.set_requires_grad(true);
+  tape.record([y, dy, extra] {
+    grad_slot(y).grad.copy_from(dy);
+    for (const Tensor& l : extra) {
+      GradSlot s = grad_slot(l);
+      s.grad.copy_from(Tensor::from_doubles({1.0}, Shape{1}, l.dtype(), l.device()));
+    }
+  });
+  tape.backward(loss);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t tokens = 16384, reps = 10;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--reps")) reps = std::atoll(argv[i + 1]);
+  }
+  if (!cuda_available()) {
+    std::puts("bench-moe: no CUDA device (or a build without CUDA): nothing to measure.");
+    return 0;
+  }
+#if ULTRAMEM_CUDA
+  try {
+    const int64_t d = 768;
+    const std::vector<Case> cases = {
+        {"top-2 of 8, h 4992", 8, 2, 4992, 9984},
+        {"top-2 of 8, h 1632 (moe-top2-of-8)", 8, 2, 1632, 3264},
+        {"top-8 of 64, h 408 (olmoe-top8-of-64)", 64, 8, 408, 3264},
+    };
+    const Device dev = Device::cuda();
+    Tensor x = param({tokens, d}, 1.0, 1), dy = param({tokens, d}, 1e-2, 2);
+    // x is an activation: its gradient has the activation dtype (a persistent buffer, so no arena
+    // memory outlives a rep).
+    x.set_grad(Tensor::zeros({tokens, d}, DType::bf16, dev));
+    std::vector<Row> rows;
+    for (const Case& c : cases) {
+      // Dense SwiGLU MLP with hidden top_k * h: the same active expert FLOPs.
+      Tensor wp = param({2 * c.dense_hidden, d}, 0.02, 3), wo = param({d, c.dense_hidden}, 0.02, 4);
+      auto dense = [&] {
+        Tape tape;
+        {
+          TapeScope scope(tape);
+          Tensor y = ops::linear(ops::swiglu(ops::linear(x, wp, Tensor())), wo, Tensor());
+          backward_from(tape, y, dy, {});
+        }
+        arena_for(dev).reset();
+      };
+      const double dense_flops = 6.0 * double(tokens) * 3.0 * double(d) * double(c.dense_hidden);
+      Row dr{c.name, "dense MLP h " + std::to_string(c.dense_hidden), time_ms(dense, 3, int(reps))};
+      dr.tflops = dense_flops / dr.ms * 1e-9;
+      dr.vs_dense = 1.0;
+      rows.push_back(dr);
+      std::printf("{\"case\": \"%s\", \"impl\": \"%s\", \"ms\": %.3f, \"tflops\": %.1f}\n", dr.name.c_str(),
+                  dr.impl.c_str(), dr.ms, dr.tflops);
+      wp = Tensor(), wo = Tensor();
+
+      Tensor router = param({c.experts, d}, 0.02, 5);
+      Tensor w1 = param({c.experts, 2 * c.hidden, d}, 0.02, 6), w2 = param({c.experts, d, c.hidden}, 0.02, 7);
+      nn::MoeLayerOptions o;
+      o.num_experts = c.experts;
+      o.swiglu = true;
+      o.router = {c.top_k, false, 0.01, 0.001};
+      const double moe_flops =
+          6.0 * double(tokens) * (double(c.top_k) * 3.0 * double(d) * double(c.hidden) + double(d * c.experts));
+      for (std::string mode : {"grouped", "loop"}) {
+        cuda::set_grouped_gemm_mode(mode);
+        std::vector<int64_t> counts;
+        auto moe = [&] {
+          Tape tape;
+          {
+            TapeScope scope(tape);
+            nn::MoeLayerResult r = nn::moe_layer(x, router, w1, w2, o);
+            counts = r.plan.counts;
+            backward_from(tape, r.y, dy, {r.routing.balance_loss, r.routing.z_loss});
+          }
+          arena_for(dev).reset();
+        };
+        Row mr{c.name, "ultramem MoE (" + mode + ")", time_ms(moe, 3, int(reps))};
+        mr.tflops = moe_flops / mr.ms * 1e-9;
+        mr.vs_dense = mr.tflops / dr.tflops;
+        rows.push_back(mr);
+        const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
+        std::printf("{\"case\": \"%s\", \"impl\": \"%s\", \"ms\": %.3f, \"tflops\": %.1f, \"vs_dense\": %.3f, "
+                    "\"min_expert_rows\": %lld, \"max_expert_rows\": %lld}\n",
+                    mr.name.c_str(), mr.impl.c_str(), mr.ms, mr.tflops, mr.vs_dense, (long long)*lo, (long long)*hi);
+      }
+      cuda::set_grouped_gemm_mode("auto");
+    }
+    std::printf("\nMoE layer forward + backward, %lld tokens, d %lld, SwiGLU, bf16, %s\n\n", (long long)tokens,
+                (long long)d, cuda_device_name().c_str());
+    std::printf("| case | implementation | ms | TFLOP/s | vs dense TFLOP/s |\n|---|---|---|---|---|\n");
+    for (const Row& r : rows)
+      std::printf("| %s | %s | %.3f | %.1f | %.0f%% |\n", r.name.c_str(), r.impl.c_str(), r.ms, r.tflops,
+                  100 * r.vs_dense);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench-moe: error: %s\n", e.what());
+    return 1;
+  }
+#endif
+  return 0;
+}

@@ -1,0 +1,322 @@
+// CUDA MoE dispatch.
+//
+// Plan: keys[a] = experts[a] (an out-of-range id becomes E and raises the error flag), values = a;
+// cub::DeviceRadixSort::SortPairs over the bits that hold E (stable: within an expert the assignments
+// stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e) by one
+// thread per expert; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
+// the error flag) are copied to the host: the one synchronisation of the layer.
+// Permute / combine: one warp per row or token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and
+// the pointers allow, else scalars), fp32 sums in a fixed slot order; the combine backward writes each
+// permuted row's gradient exactly once (by its token) and takes dweights as warp dot products.
+// No float atomics: bitwise reproducible.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "common.cuh"
+#include "ultramem/core/arena.h"
+#include "ultramem/ops/moe_dispatch.h"
+
+namespace um::cuda {
+namespace {
+
+constexpr int kWarps = 8;  // warps per block of the row kernels
+constexpr unsigned long long kNoBad = ~0ull;
+
+__global__ void plan_keys_kernel(const int32_t* __restrict__ experts, int A, int E, uint32_t* __restrict__ keys,
+                                 int32_t* __restrict__ values, unsigned long long* bad) {
+  for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < A; a += gridDim.x * blockDim.x) {
+    const int32_t e = experts[a];
+    const bool ok = e >= 0 && e < E;
+    keys[a] = ok ? uint32_t(e) : uint32_t(E);
+    values[a] = a;
+    if (!ok) atomicMin(bad, (unsigned long long)a);
+  }
+}
+
+// offsets[e] = first r with sorted_keys[r] >= e, for e in [0, E].
+__global__ void plan_offsets_kernel(const uint32_t* __restrict__ sorted_keys, int A, int E, int32_t* __restrict__ offsets) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e > E) return;
+  int lo = 0, hi = A;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (sorted_keys[mid] < uint32_t(e)) lo = mid + 1;
+    else hi = mid;
+  }
+  offsets[e] = lo;
+}
+
+__global__ void plan_rows_kernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted,
+                                 const int32_t* __restrict__ offsets, int A, int E, int capacity,
+                                 int32_t* __restrict__ row_of) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < A; r += gridDim.x * blockDim.x) {
+    const uint32_t e = sorted_keys[r];
+    if (e >= uint32_t(E)) continue;  // a bad id: the Error is raised after the kernel
+    const int rank = r - offsets[e];
+    row_of[sorted[r]] = capacity == 0 || rank < capacity ? r : -1;
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32)
+    permute_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ sorted,
+                           const int32_t* __restrict__ row_of, int rows, int k, int d, T* __restrict__ xs) {
+  const int lane = threadIdx.x & 31, packs = d / V;
+  for (int r = blockIdx.x * kWarps + (threadIdx.x >> 5); r < rows; r += gridDim.x * kWarps) {
+    const int a = sorted[r];
+    T* dst = xs + int64_t(r) * d;
+    if (row_of[a] < 0) {  // dropped by the capacity: a zero row, as the CPU
+      Pack<T, V> z;
+#pragma unroll
+      for (int v = 0; v < V; ++v) z.v[v] = from_f32<T>(0.f);
+      for (int p = lane; p < packs; p += 32) store_pack<V>(dst + p * V, z);
+      continue;
+    }
+    const T* src = x + int64_t(a / k) * d;
+    for (int p = lane; p < packs; p += 32) store_pack<V>(dst + p * V, load_pack<V>(src + p * V));
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32)
+    permute_backward_kernel(const T* __restrict__ dxs, const int32_t* __restrict__ row_of, int tokens, int k, int d,
+                            T* __restrict__ dx, bool accumulate) {
+  const int lane = threadIdx.x & 31, packs = d / V;
+  for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
+    for (int p = lane; p < packs; p += 32) {
+      float acc[V];
+      if (accumulate) {
+        const Pack<T, V> o = load_pack<V>(dx + int64_t(t) * d + p * V);
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] = to_f32(o.v[v]);
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] = 0.f;
+      }
+      for (int j = 0; j < k; ++j) {
+        const int r = row_of[int64_t(t) * k + j];
+        if (r < 0) continue;
+        const Pack<T, V> g = load_pack<V>(dxs + int64_t(r) * d + p * V);
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] += to_f32(g.v[v]);
+      }
+      Pack<T, V> out;
+#pragma unroll
+      for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(acc[v]);
+      store_pack<V>(dx + int64_t(t) * d + p * V, out);
+    }
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32)
+    combine_forward_kernel(const T* __restrict__ ys, const float* __restrict__ weights,
+                           const int32_t* __restrict__ row_of, int tokens, int k, int d, T* __restrict__ y) {
+  const int lane = threadIdx.x & 31, packs = d / V;
+  for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
+    for (int p = lane; p < packs; p += 32) {
+      float acc[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) acc[v] = 0.f;
+      for (int j = 0; j < k; ++j) {
+        const int r = row_of[int64_t(t) * k + j];
+        if (r < 0) continue;
+        const float w = weights[int64_t(t) * k + j];
+        const Pack<T, V> g = load_pack<V>(ys + int64_t(r) * d + p * V);
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] += w * to_f32(g.v[v]);
+      }
+      Pack<T, V> out;
+#pragma unroll
+      for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(acc[v]);
+      store_pack<V>(y + int64_t(t) * d + p * V, out);
+    }
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32)
+    combine_backward_kernel(const T* __restrict__ ys, const float* __restrict__ weights,
+                            const int32_t* __restrict__ row_of, const T* __restrict__ dy, int tokens, int k, int d,
+                            T* __restrict__ dys, bool dys_accumulate, float* __restrict__ dweights,
+                            bool dweights_accumulate) {
+  const int lane = threadIdx.x & 31, packs = d / V;
+  for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
+    const T* g = dy + int64_t(t) * d;
+    for (int j = 0; j < k; ++j) {
+      const int64_t a = int64_t(t) * k + j;
+      const int r = row_of[a];
+      const float w = weights[a];
+      float dot = 0.f;
+      if (r >= 0) {
+        const T* yr = ys + int64_t(r) * d;
+        T* dr = dys ? dys + int64_t(r) * d : nullptr;
+        for (int p = lane; p < packs; p += 32) {
+          const Pack<T, V> gp = load_pack<V>(g + p * V);
+          if (dweights) {
+            const Pack<T, V> yp = load_pack<V>(yr + p * V);
+#pragma unroll
+            for (int v = 0; v < V; ++v) dot += to_f32(gp.v[v]) * to_f32(yp.v[v]);
+          }
+          if (dr) {
+            Pack<T, V> out;
+            if (dys_accumulate) {
+              const Pack<T, V> o = load_pack<V>(dr + p * V);
+#pragma unroll
+              for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(to_f32(o.v[v]) + w * to_f32(gp.v[v]));
+            } else {
+#pragma unroll
+              for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(w * to_f32(gp.v[v]));
+            }
+            store_pack<V>(dr + p * V, out);
+          }
+        }
+      }
+      if (dweights) {
+        dot = warp_sum(dot);  // r is warp-uniform: every lane reaches this
+        if (lane == 0) dweights[a] = dweights_accumulate ? dweights[a] + dot : dot;
+      }
+    }
+  }
+}
+
+unsigned row_grid(int64_t rows) {
+  return std::max(1u, std::min<unsigned>(ceil_div(rows, kWarps), unsigned(sm_count()) * 32u));
+}
+
+template <typename T>
+bool vectorizable(int d, std::initializer_list<const void*> ptrs) {
+  if (d % (16 / int(sizeof(T))) != 0) return false;
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+int key_bits(int64_t n) {
+  int bits = 1;
+  while (bits < 32 && (uint64_t(n) >> bits) != 0) ++bits;
+  return bits;
+}
+
+}  // namespace
+
+void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
+  const int A = int(plan.rows()), E = int(plan.num_experts);
+  const int capacity = int(std::min<int64_t>(plan.capacity, INT32_MAX));
+  Arena& arena = arena_for(experts.device());
+  auto* offsets = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * sizeof(int32_t)));
+  auto* bad = static_cast<unsigned long long*>(arena.alloc_bytes(sizeof(unsigned long long)));
+  UM_CUDA(cudaMemsetAsync(bad, 0xff, sizeof(unsigned long long), stream()));
+  if (A > 0) {
+    auto* keys = static_cast<uint32_t*>(arena.alloc_bytes(size_t(A) * sizeof(uint32_t)));
+    auto* sorted_keys = static_cast<uint32_t*>(arena.alloc_bytes(size_t(A) * sizeof(uint32_t)));
+    auto* values = static_cast<int32_t*>(arena.alloc_bytes(size_t(A) * sizeof(int32_t)));
+    int32_t* sorted = plan.sorted_assignment.data_as<int32_t>();
+    const int end_bit = key_bits(E);
+    size_t temp_bytes = 0;
+    UM_CUDA(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, sorted_keys, values, sorted, A, 0, end_bit,
+                                            stream()));
+    void* temp = arena.alloc_bytes(std::max<size_t>(temp_bytes, 1));
+    const unsigned grid = std::max(1u, std::min<unsigned>(ceil_div(A, 256), unsigned(sm_count()) * 8u));
+    plan_keys_kernel<<<grid, 256, 0, stream()>>>(experts.data_as<int32_t>(), A, E, keys, values, bad);
+    UM_CUDA_LAUNCHED();
+    UM_CUDA(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, sorted_keys, values, sorted, A, 0, end_bit,
+                                            stream()));
+    plan_offsets_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(sorted_keys, A, E, offsets);
+    UM_CUDA_LAUNCHED();
+    plan_rows_kernel<<<grid, 256, 0, stream()>>>(sorted_keys, sorted, offsets, A, E, capacity,
+                                                 plan.row_of.data_as<int32_t>());
+    UM_CUDA_LAUNCHED();
+  } else {
+    UM_CUDA(cudaMemsetAsync(offsets, 0, size_t(E + 1) * sizeof(int32_t), stream()));
+  }
+  std::vector<int32_t> host(size_t(E + 1));
+  unsigned long long bad_host = kNoBad;
+  UM_CUDA(cudaMemcpyAsync(host.data(), offsets, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream()));
+  UM_CUDA(cudaMemcpyAsync(&bad_host, bad, sizeof(bad_host), cudaMemcpyDeviceToHost, stream()));
+  UM_CUDA(cudaStreamSynchronize(stream()));
+  if (bad_host != kNoBad) {
+    int32_t id = 0;
+    UM_CUDA(cudaMemcpy(&id, experts.data_as<int32_t>() + bad_host, sizeof(id), cudaMemcpyDeviceToHost));
+    throw Error(detail::concat("moe_plan: experts position ", bad_host), detail::concat("an expert id in [0, ", E, ")"),
+                std::to_string(id));
+  }
+  plan.counts.assign(size_t(E), 0);
+  plan.groups.start.assign(size_t(E), 0);
+  plan.groups.size.assign(size_t(E), 0);
+  for (int e = 0; e < E; ++e) {
+    const int64_t n = host[size_t(e + 1)] - host[size_t(e)];
+    plan.counts[size_t(e)] = n;
+    plan.groups.start[size_t(e)] = host[size_t(e)];
+    plan.groups.size[size_t(e)] = plan.capacity > 0 ? std::min<int64_t>(n, plan.capacity) : n;
+  }
+}
+
+void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs) {
+  const int rows = int(plan.rows()), k = int(plan.top_k), d = int(x.dim(1));
+  if (rows == 0) return;
+  UM_DISPATCH_ACT(x.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (vectorizable<T>(d, {x.data(), xs.data()}))
+      permute_forward_kernel<T, kV><<<row_grid(rows), kWarps * 32, 0, stream()>>>(
+          x.data_as<T>(), plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>(), rows, k, d,
+          xs.data_as<T>());
+    else
+      permute_forward_kernel<T, 1><<<row_grid(rows), kWarps * 32, 0, stream()>>>(
+          x.data_as<T>(), plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>(), rows, k, d,
+          xs.data_as<T>());
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx) {
+  const int tokens = int(plan.tokens), k = int(plan.top_k), d = int(dxs.dim(1));
+  if (tokens == 0) return;
+  UM_DISPATCH_ACT(dxs.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (vectorizable<T>(d, {dxs.data(), dx.grad.data()}))
+      permute_backward_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          dxs.data_as<T>(), plan.row_of.data_as<int32_t>(), tokens, k, d, dx.grad.data_as<T>(), dx.accumulate);
+    else
+      permute_backward_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          dxs.data_as<T>(), plan.row_of.data_as<int32_t>(), tokens, k, d, dx.grad.data_as<T>(), dx.accumulate);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y) {
+  const int tokens = int(plan.tokens), k = int(plan.top_k), d = int(ys.dim(1));
+  if (tokens == 0) return;
+  UM_DISPATCH_ACT(ys.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    if (vectorizable<T>(d, {ys.data(), y.data()}))
+      combine_forward_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), tokens, k, d, y.data_as<T>());
+    else
+      combine_forward_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), tokens, k, d, y.data_as<T>());
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
+                          const GradSlot& dys, const GradSlot& dweights) {
+  const int tokens = int(plan.tokens), k = int(plan.top_k), d = int(ys.dim(1));
+  if (dys && !dys.accumulate && plan.dropped() > 0) UM_CUDA(cudaMemsetAsync(dys.grad.data(), 0, dys.grad.nbytes(), stream()));
+  if (tokens == 0) return;
+  float* dw = dweights ? dweights.grad.data_as<float>() : nullptr;
+  UM_DISPATCH_ACT(ys.dtype(), T, {
+    constexpr int kV = 16 / int(sizeof(T));
+    T* pdys = dys ? dys.grad.data_as<T>() : nullptr;
+    if (vectorizable<T>(d, {ys.data(), dy.data(), pdys}))
+      combine_backward_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), dy.data_as<T>(), tokens, k, d,
+          pdys, dys.accumulate, dw, dweights.accumulate);
+    else
+      combine_backward_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
+          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), dy.data_as<T>(), tokens, k, d,
+          pdys, dys.accumulate, dw, dweights.accumulate);
+  });
+  UM_CUDA_LAUNCHED();
+}
+
+}  // namespace um::cuda

@@ -1,0 +1,59 @@
+// Grouped linear op family: one weight matrix per group of consecutive rows, the expert matmuls of a
+// mixture-of-experts layer over its expert-contiguous (permuted) tokens.
+//
+//   y[r] = x[r] . W[g]^T   for rows r in [start[g], start[g] + size[g]),   W [G, out, in]
+// Groups are host-side (their sizes come from the MoE plan, copied to the host once per layer), in
+// increasing, non-overlapping row ranges; rows outside every group (tokens dropped by a capacity)
+// get y = 0 and dx = 0 (accumulate: unchanged).
+//
+// Backward: dx[r] = dy[r] . W[g] (activation dtype), dW[g] = dy_g^T . x_g (f32 on the GPU: the master
+// gradient; W's dtype on the CPU), each with beta = slot.accumulate; a group with no rows gets dW[g] = 0
+// (accumulate: unchanged).
+//
+// GPU: cuBLAS, bf16 (or f32) in, fp32 accumulate. With more than 16 non-empty groups one
+// cublasGemmGroupedBatchedEx call per product (forward, dx, dW) covers them all; with fewer, when cuBLAS
+// declines a type combination, or with UM_GROUPED_GEMM=loop, it runs one cublasGemmEx per group on the
+// same stream (faster for a few large experts, measured in bench-moe). Both are deterministic (no
+// split-K reductions with atomics).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ultramem/core/tape.h"
+#include "ultramem/core/tensor.h"
+
+namespace um::ops {
+
+struct RowGroups {
+  std::vector<int64_t> start, size;  // [G] each
+  int64_t count() const { return int64_t(start.size()); }
+  // True when the groups tile rows [0, rows) with no gaps.
+  bool covers(int64_t rows) const;
+};
+
+// x [rows, in], W [G, out, in] (same dtype and device) -> y [rows, out].
+Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups);
+
+// Kernel-level entry points.
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y);
+void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
+                             const GradSlot& dx, const GradSlot& dW);
+
+}  // namespace um::ops
+
+namespace um::cpu {
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
+void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
+                             const GradSlot& dx, const GradSlot& dW);
+}  // namespace um::cpu
+
+namespace um::cuda {
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
+void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
+                             const GradSlot& dx, const GradSlot& dW);
+// "auto" (the default: grouped above 16 groups, else the loop), "grouped" (cublasGemmGroupedBatchedEx
+// where cuBLAS supports the types) or "loop" (cublasGemmEx per group): from the environment variable
+// UM_GROUPED_GEMM, or set here (benchmarks compare them).
+void set_grouped_gemm_mode(const std::string& mode);
+std::string grouped_gemm_mode();
+}  // namespace um::cuda

@@ -1,0 +1,75 @@
+// MoE dispatch op family: the permutation of token copies into expert-contiguous order, and the
+// weighted combine that undoes it.
+//
+// A token t routed to experts[t, 0..k) makes k assignments a = t k + j. The plan sorts them by expert,
+// stably (ties keep assignment order, so within an expert tokens stay ascending): row r of the
+// permuted order holds assignment sorted_assignment[r]; row_of[a] is the inverse. Expert e owns rows
+// [group_start[e], group_start[e] + counts[e]); with a capacity C > 0 only the first C of them are
+// computed (group size min(counts[e], C)) and the rest are dropped: row_of = -1, they contribute
+// nothing (dropless when C = 0, the default).
+//
+//   moe_permute  xs[r] = x[sorted_assignment[r] / k]  (0 for dropped rows)  [N k, d]
+//   moe_combine  y[t]  = sum_j weights[t, j] ys[row_of[t k + j]]  (j order, fp32)   [N, d]
+// Backward:
+//   permute  dx[t] = sum_j dxs[row_of[t k + j]]           (a gather-sum in j order: no scatter, no atomics)
+//   combine  dys[row_of[t k + j]] = weights[t, j] dy[t]   (each row written once; dropped rows 0)
+//            dweights[t, j] = dy[t] . ys[row_of[t k + j]] (0 for dropped assignments)
+// Building the plan ends with one small device-to-host copy of the group offsets (E + 1 integers): the
+// grouped GEMMs need the group sizes on the host. That is the layer's one synchronisation per forward;
+// the backward reuses the sizes. On the GPU the sort is cub::DeviceRadixSort (stable) over the
+// expert ids; offsets come from binary searches of the sorted ids. Everything is deterministic.
+#pragma once
+#include <vector>
+
+#include "ultramem/core/tape.h"
+#include "ultramem/core/tensor.h"
+#include "ultramem/ops/grouped_linear.h"
+
+namespace um::ops {
+
+struct MoePlan {
+  int64_t tokens = 0, top_k = 0, num_experts = 0, capacity = 0;  // capacity 0 = dropless
+  Tensor sorted_assignment;  // i32 [N k]
+  Tensor row_of;             // i32 [N k]; -1 = dropped
+  std::vector<int64_t> counts;  // [E] assignments routed to each expert (before the capacity)
+  RowGroups groups;             // [E] rows computed per expert: start = first row, size = min(count, C)
+  int64_t rows() const { return tokens * top_k; }
+  int64_t dropped() const;
+};
+
+// experts: i32 [N, k] with ids in [0, num_experts) (an id outside is an Error naming its position).
+MoePlan moe_plan(const Tensor& experts, int64_t num_experts, int64_t capacity = 0);
+// x [N, d] -> xs [N k, d].
+Tensor moe_permute(const Tensor& x, const MoePlan& plan);
+// ys [N k, d] (activation dtype), weights [N, k] (the router's dtype: f32 on the GPU, ys's on the CPU)
+// -> y [N, d] in ys's dtype. Differentiable in ys and weights.
+Tensor moe_combine(const Tensor& ys, const Tensor& weights, const MoePlan& plan);
+
+// Kernel-level entry points. moe_plan_build fills plan.sorted_assignment, plan.row_of (allocated by the
+// caller), plan.counts and plan.groups from experts.
+void moe_plan_build(const Tensor& experts, MoePlan& plan);
+void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs);
+void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot& dx);
+void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y);
+void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const MoePlan& plan,
+                          const GradSlot& dys, const GradSlot& dweights);
+
+}  // namespace um::ops
+
+namespace um::cpu {
+void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
+void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
+void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
+void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
+void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
+                          const GradSlot& dys, const GradSlot& dweights);
+}  // namespace um::cpu
+
+namespace um::cuda {
+void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
+void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
+void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
+void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
+void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
+                          const GradSlot& dys, const GradSlot& dweights);
+}  // namespace um::cuda

@@ -1,0 +1,88 @@
+#include "ultramem/ops/grouped_linear.h"
+
+#include "src/ops/dispatch.h"
+#include "ultramem/core/arena.h"
+
+namespace um::ops {
+
+bool RowGroups::covers(int64_t rows) const {
+  int64_t next = 0;
+  for (size_t g = 0; g < start.size(); ++g) {
+    if (size[g] == 0) continue;
+    if (start[g] != next) return false;
+    next += size[g];
+  }
+  return next == rows;
+}
+
+static void check_groups(const Tensor& x, const Tensor& W, const RowGroups& groups, const char* op) {
+  if (!x.defined() || x.ndim() != 2) throw Error(detail::concat(op, ": x"), "a 2-d input [rows, in]", x.desc());
+  if (!W.defined() || W.ndim() != 3 || W.dim(0) < 1 || W.dim(1) < 1 || W.dim(2) < 1)
+    throw Error(detail::concat(op, ": W"), "a 3-d weight [groups, out, in]", W.defined() ? W.desc() : "undefined");
+  check_dtype(W, x.dtype(), detail::concat(op, ": W (x's dtype)").c_str());
+  check_same_device(x, W, detail::concat(op, ": W").c_str());
+  if (x.dim(1) != W.dim(2))
+    throw Error(detail::concat(op, ": x"), detail::concat("rows of ", W.dim(2), " (W is ", W.desc(), ")"), x.desc());
+  if (groups.count() != W.dim(0) || groups.size.size() != groups.start.size())
+    throw Error(detail::concat(op, ": groups"), detail::concat(W.dim(0), " row groups (one per weight matrix)"),
+                std::to_string(groups.count()));
+  int64_t end = 0;
+  for (int64_t g = 0; g < groups.count(); ++g) {
+    const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
+    if (n < 0 || s < end || s + n > x.dim(0) || n > int64_t(INT32_MAX))
+      throw Error(detail::concat(op, ": group ", g), detail::concat("rows in increasing, disjoint ranges of [0, ", x.dim(0), ")"),
+                  detail::concat("start ", s, " size ", n));
+    if (n > 0) end = s + n;
+  }
+  UM_CHECK(x.dim(1) <= int64_t(INT32_MAX) && W.dim(1) <= int64_t(INT32_MAX), detail::concat(op, ": widths below 2^31"),
+           W.desc());
+}
+
+static void check_weight_grad(const GradSlot& g, const Tensor& W) {
+  if (!g) return;
+  check_shape(g.grad, W.shape(), "grouped_linear backward: dW");
+  check_same_device(g.grad, W, "grouped_linear backward: dW");
+  const bool ok = g.grad.dtype() == W.dtype() || (W.device().is_cuda() && g.grad.dtype() == DType::f32);
+  if (!ok) throw Error("grouped_linear backward: dW", std::string("dtype ") + dtype_name(W.dtype()) + " or f32 (GPU)", g.grad.desc());
+}
+
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y) {
+  check_groups(x, W, groups, "grouped_linear");
+  check_shape(y, Shape{x.dim(0), W.dim(1)}, "grouped_linear: y");
+  check_dtype(y, x.dtype(), "grouped_linear: y");
+  check_same_device(x, y, "grouped_linear: y");
+  UM_DISPATCH_DEVICE(x, grouped_linear_forward, x, W, groups, y);
+}
+
+void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
+                             const GradSlot& dx, const GradSlot& dW) {
+  check_groups(x, W, groups, "grouped_linear backward");
+  check_shape(dy, Shape{x.dim(0), W.dim(1)}, "grouped_linear backward: dy");
+  check_dtype(dy, x.dtype(), "grouped_linear backward: dy");
+  check_same_device(x, dy, "grouped_linear backward: dy");
+  if (dx) {
+    check_shape(dx.grad, x.shape(), "grouped_linear backward: dx");
+    check_dtype(dx.grad, x.dtype(), "grouped_linear backward: dx");
+    check_same_device(x, dx.grad, "grouped_linear backward: dx");
+  }
+  check_weight_grad(dW, W);
+  UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
+}
+
+Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups) {
+  check_groups(x, W, groups, "grouped_linear");
+  Tensor y = alloc_activation(Shape{x.dim(0), W.dim(1)}, x.dtype(), x.device());
+  grouped_linear_forward(x, W, groups, y);
+  if (needs_grad({&x, &W})) {
+    y.set_requires_grad(true);
+    current_tape()->record([x, W, groups, y] {
+      Tensor gy = grad_of(y);
+      if (!gy) return;
+      GradSlot dx = grad_slot(x), dW = grad_slot(W);
+      grouped_linear_backward(x, W, gy, groups, dx, dW);
+    });
+  }
+  return y;
+}
+
+}  // namespace um::ops

@@ -1,0 +1,139 @@
+#include "ultramem/ops/moe_dispatch.h"
+
+#include "src/ops/dispatch.h"
+#include "ultramem/core/arena.h"
+
+namespace um::ops {
+
+int64_t MoePlan::dropped() const {
+  int64_t kept = 0;
+  for (int64_t s : groups.size) kept += s;
+  return rows() - kept;
+}
+
+static void check_plan(const MoePlan& plan, const char* op) {
+  UM_CHECK(plan.sorted_assignment.defined() && plan.row_of.defined(), detail::concat(op, ": a built MoE plan"),
+           "an empty plan");
+}
+
+static void check_rows(const Tensor& t, int64_t rows, const char* what) {
+  if (!t.defined() || t.ndim() != 2 || t.dim(0) != rows || t.dim(1) < 1)
+    throw Error(what, detail::concat("a 2-d tensor [", rows, ", d]"), t.defined() ? t.desc() : "undefined");
+}
+
+static void check_weights(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const char* op) {
+  std::string w = detail::concat(op, ": weights");
+  check_shape(weights, Shape{plan.tokens, plan.top_k}, w.c_str());
+  check_same_device(ys, weights, w.c_str());
+  check_dtype(weights, ys.device().is_cuda() ? DType::f32 : ys.dtype(),
+              detail::concat(w, " (f32 on the GPU, ys's dtype on the CPU)").c_str());
+}
+
+MoePlan moe_plan(const Tensor& experts, int64_t num_experts, int64_t capacity) {
+  if (!experts.defined() || experts.ndim() != 2)
+    throw Error("moe_plan: experts", "i32 [tokens, top_k]", experts.defined() ? experts.desc() : "undefined");
+  check_dtype(experts, DType::i32, "moe_plan: experts");
+  UM_CHECK(num_experts >= 1 && num_experts <= (int64_t(1) << 20), "moe_plan: 1 to 2^20 experts", num_experts);
+  UM_CHECK(capacity >= 0, "moe_plan: a capacity >= 0 (0 = dropless)", capacity);
+  UM_CHECK(experts.numel() < int64_t(INT32_MAX), "moe_plan: fewer than 2^31 assignments", experts.desc());
+  MoePlan plan;
+  plan.tokens = experts.dim(0);
+  plan.top_k = experts.dim(1);
+  plan.num_experts = num_experts;
+  plan.capacity = capacity;
+  plan.sorted_assignment = alloc_activation(Shape{plan.rows()}, DType::i32, experts.device());
+  plan.row_of = alloc_activation(Shape{plan.rows()}, DType::i32, experts.device());
+  moe_plan_build(experts, plan);
+  return plan;
+}
+
+void moe_plan_build(const Tensor& experts, MoePlan& plan) {
+  check_shape(plan.sorted_assignment, Shape{plan.rows()}, "moe_plan: sorted_assignment");
+  check_shape(plan.row_of, Shape{plan.rows()}, "moe_plan: row_of");
+  check_same_device(experts, plan.sorted_assignment, "moe_plan: sorted_assignment");
+  check_same_device(experts, plan.row_of, "moe_plan: row_of");
+  UM_DISPATCH_DEVICE(experts, moe_plan_build, experts, plan);
+}
+
+void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs) {
+  check_plan(plan, "moe_permute");
+  check_rows(x, plan.tokens, "moe_permute: x");
+  check_shape(xs, Shape{plan.rows(), x.dim(1)}, "moe_permute: xs");
+  check_dtype(xs, x.dtype(), "moe_permute: xs");
+  check_same_device(x, xs, "moe_permute: xs");
+  check_same_device(x, plan.row_of, "moe_permute: plan");
+  UM_DISPATCH_DEVICE(x, moe_permute_forward, x, plan, xs);
+}
+
+void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot& dx) {
+  check_plan(plan, "moe_permute backward");
+  check_rows(dxs, plan.rows(), "moe_permute backward: dxs");
+  if (!dx) return;
+  check_shape(dx.grad, Shape{plan.tokens, dxs.dim(1)}, "moe_permute backward: dx");
+  check_dtype(dx.grad, dxs.dtype(), "moe_permute backward: dx");
+  check_same_device(dxs, dx.grad, "moe_permute backward: dx");
+  UM_DISPATCH_DEVICE(dxs, moe_permute_backward, dxs, plan, dx);
+}
+
+void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y) {
+  check_plan(plan, "moe_combine");
+  check_rows(ys, plan.rows(), "moe_combine: ys");
+  check_weights(ys, weights, plan, "moe_combine");
+  check_shape(y, Shape{plan.tokens, ys.dim(1)}, "moe_combine: y");
+  check_dtype(y, ys.dtype(), "moe_combine: y");
+  check_same_device(ys, y, "moe_combine: y");
+  check_same_device(ys, plan.row_of, "moe_combine: plan");
+  UM_DISPATCH_DEVICE(ys, moe_combine_forward, ys, weights, plan, y);
+}
+
+void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const MoePlan& plan,
+                          const GradSlot& dys, const GradSlot& dweights) {
+  check_plan(plan, "moe_combine backward");
+  check_rows(ys, plan.rows(), "moe_combine backward: ys");
+  check_weights(ys, weights, plan, "moe_combine backward");
+  check_shape(dy, Shape{plan.tokens, ys.dim(1)}, "moe_combine backward: dy");
+  check_dtype(dy, ys.dtype(), "moe_combine backward: dy");
+  if (dys) {
+    check_shape(dys.grad, ys.shape(), "moe_combine backward: dys");
+    check_dtype(dys.grad, ys.dtype(), "moe_combine backward: dys");
+  }
+  if (dweights) {
+    check_shape(dweights.grad, weights.shape(), "moe_combine backward: dweights");
+    check_dtype(dweights.grad, weights.dtype(), "moe_combine backward: dweights");
+  }
+  if (!dys && !dweights) return;
+  UM_DISPATCH_DEVICE(ys, moe_combine_backward, ys, weights, dy, plan, dys, dweights);
+}
+
+Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
+  check_rows(x, plan.tokens, "moe_permute: x");
+  Tensor xs = alloc_activation(Shape{plan.rows(), x.dim(1)}, x.dtype(), x.device());
+  moe_permute_forward(x, plan, xs);
+  if (needs_grad({&x})) {
+    xs.set_requires_grad(true);
+    current_tape()->record([x, plan, xs] {
+      Tensor g = grad_of(xs);
+      if (!g) return;
+      moe_permute_backward(g, plan, grad_slot(x));
+    });
+  }
+  return xs;
+}
+
+Tensor moe_combine(const Tensor& ys, const Tensor& weights, const MoePlan& plan) {
+  check_rows(ys, plan.rows(), "moe_combine: ys");
+  Tensor y = alloc_activation(Shape{plan.tokens, ys.dim(1)}, ys.dtype(), ys.device());
+  moe_combine_forward(ys, weights, plan, y);
+  if (needs_grad({&ys, &weights})) {
+    y.set_requires_grad(true);
+    current_tape()->record([ys, weights, plan, y] {
+      Tensor g = grad_of(y);
+      if (!g) return;
+      GradSlot dys = grad_slot(ys), dw = grad_slot(weights);
+      moe_combine_backward(ys, weights, g, plan, dys, dw);
+    });
+  }
+  return y;
+}
+
+}  // namespace um::ops
