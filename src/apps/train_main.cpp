@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "ultramem/train/reliability.h"
 #include "ultramem/train/trainer.h"
 
 static void usage() {
@@ -11,10 +12,14 @@ static void usage() {
       "usage: ultramem-train CONFIG.json [--set key.path=value ...] [--resume]\n"
       "  --set      override a config key, e.g. --set train.max_steps=100 --set optim.lr=3e-4\n"
       "  --resume   continue from the latest checkpoint in train.out_dir\n"
-      "Keys, defaults and ranges: docs/config.md");
+      "SIGINT/SIGTERM finish the current step, save a checkpoint and exit with 128 + the signal number\n"
+      "(a second signal exits at once). Exit codes: 0 done, 1 error, 2 usage, 3 stopped on a non-finite\n"
+      "loss or gradient (checkpoint saved), 130 SIGINT, 143 SIGTERM. Keys, defaults and ranges: docs/config.md,\n"
+      "guarantees: docs/reliability.md");
 }
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // whole lines reach a log file even when the process is killed
   std::string config;
   std::vector<std::string> overrides;
   bool resume = false;
@@ -43,8 +48,13 @@ int main(int argc, char** argv) {
   }
   try {
     um::train::TrainConfig cfg = um::train::load_config(config, overrides);
+    um::train::install_stop_signal_handlers();
     um::train::Trainer trainer(cfg, resume);
     trainer.run();
+    if (int sig = trainer.stopped_by_signal()) return 128 + sig;
+  } catch (const um::train::NonFiniteStop& e) {
+    std::fprintf(stderr, "ultramem-train: stopped: %s\n", e.what());
+    return 3;
   } catch (const um::Error& e) {
     std::fprintf(stderr, "ultramem-train: error: %s\n", e.what());
     return 1;

@@ -76,16 +76,23 @@ static std::string npy_field(const std::string& header, const std::string& key) 
 }
 
 size_t RawTokenFile::parse_npy_header() {
-  const auto* p = static_cast<const unsigned char*>(map_);
-  if (map_bytes_ < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0)
-    throw Error(path_,
+  const NpyLayout l = parse_npy(map_, map_bytes_, path_);
+  token_bytes_ = l.token_bytes;
+  count_ = l.count;
+  return l.data_offset;
+}
+
+NpyLayout parse_npy(const void* file, size_t map_bytes, const std::string& path) {
+  const auto* p = static_cast<const unsigned char*>(file);
+  if (map_bytes < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0)
+    throw Error(path,
                 "the numpy magic \"\\x93NUMPY\" (headerless token memmaps, such as OLMo's preprocessed .npy "
                 "files, must be named .u16 or .u32)",
                 "other bytes");
   const unsigned major = p[6];
-  if (major != 1 && major != 2) throw Error(path_, "npy format version 1 or 2", std::to_string(major));
-  size_t prefix = major == 1 ? 10 : 12;
-  if (map_bytes_ < prefix) throw Error(path_, "a complete npy header", detail::concat(map_bytes_, " bytes (truncated?)"));
+  if (major != 1 && major != 2) throw Error(path, "npy format version 1 or 2", std::to_string(major));
+  const size_t prefix = major == 1 ? 10 : 12;
+  if (map_bytes < prefix) throw Error(path, "a complete npy header", detail::concat(map_bytes, " bytes (truncated?)"));
   uint32_t header_len = 0;
   if (major == 1) {
     uint16_t v;
@@ -94,30 +101,40 @@ size_t RawTokenFile::parse_npy_header() {
   } else {
     std::memcpy(&header_len, p + 8, 4);
   }
-  if (map_bytes_ < prefix + header_len)
-    throw Error(path_, detail::concat("an npy header of ", header_len, " bytes"),
-                detail::concat(map_bytes_ - prefix, " bytes after the prefix (truncated?)"));
+  if (map_bytes - prefix < header_len)
+    throw Error(path, detail::concat("an npy header of ", header_len, " bytes"),
+                detail::concat(map_bytes - prefix, " bytes after the prefix (truncated?)"));
   const std::string header(reinterpret_cast<const char*>(p + prefix), header_len);
   const std::string descr = npy_field(header, "descr"), order = npy_field(header, "fortran_order"),
                     shape = npy_field(header, "shape");
+  NpyLayout l;
   if (descr == "'<u2'" || descr == "'=u2'")
-    token_bytes_ = 2;
+    l.token_bytes = 2;
   else if (descr == "'<u4'" || descr == "'=u4'")
-    token_bytes_ = 4;
+    l.token_bytes = 4;
   else
-    throw Error(path_, "dtype '<u2' or '<u4' (little-endian uint16/uint32 token ids)",
-                descr.empty() ? "no descr in the header" : descr);
-  if (order != "False") throw Error(path_, "a C-order array (fortran_order False)", order.empty() ? "none" : order);
-  // A 1-d shape reads "(N,)"; anything else (2-d, 0-d "()") is rejected.
-  if (shape.size() < 4 || shape.front() != '(' || shape.substr(shape.size() - 2) != ",)" ||
-      shape.find_first_not_of("0123456789 ", 1) != shape.size() - 2)
-    throw Error(path_, "a 1-d array, shape (N,)", shape.empty() ? "no shape in the header" : shape);
-  count_ = std::stoull(shape.substr(1, shape.size() - 3));
-  const uint64_t payload = map_bytes_ - prefix - header_len;
-  if (count_ > payload / token_bytes_ || payload != count_ * token_bytes_)
-    throw Error(path_, detail::concat(count_, " tokens = ", count_ * token_bytes_, " data bytes as the header says"),
+    throw Error(path, "dtype '<u2' or '<u4' (little-endian uint16/uint32 token ids)",
+                descr.empty() ? "no descr in the header" : descr.substr(0, 40));
+  if (order != "False") throw Error(path, "a C-order array (fortran_order False)", order.empty() ? "none" : order.substr(0, 40));
+  // A 1-d shape reads "(N,)"; anything else (2-d, 0-d "()") is rejected. N: at most 19 digits (below
+  // 10^19, so it fits in 64 bits), spaces allowed around it.
+  const bool shaped = shape.size() >= 4 && shape.front() == '(' && shape.substr(shape.size() - 2) == ",)" &&
+                      shape.find_first_not_of("0123456789 ", 1) == shape.size() - 2;
+  const std::string digits = shaped ? shape.substr(1, shape.size() - 3) : "";
+  const size_t d0 = digits.find_first_not_of(' '), d1 = digits.find_last_not_of(' ');
+  const bool one_number = d0 != std::string::npos && digits.find(' ', d0) >= d1 + 1 && d1 - d0 + 1 <= 19;
+  if (!shaped || !one_number)
+    throw Error(path, "a 1-d array, shape (N,)", shape.empty() ? "no shape in the header" : shape.substr(0, 40));
+  l.count = std::stoull(digits.substr(d0, d1 - d0 + 1));
+  l.data_offset = prefix + header_len;
+  const uint64_t payload = map_bytes - l.data_offset;
+  if (l.count > payload / l.token_bytes || payload != l.count * l.token_bytes)
+    throw Error(path,
+                l.count > payload / l.token_bytes
+                    ? detail::concat(l.count, " tokens as the header says")
+                    : detail::concat(l.count, " tokens = ", l.count * l.token_bytes, " data bytes as the header says"),
                 detail::concat(payload, " data bytes (truncated or corrupt)"));
-  return prefix + header_len;
+  return l;
 }
 
 void RawTokenFile::read(uint64_t start, uint64_t n, int32_t* out) const {

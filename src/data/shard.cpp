@@ -60,34 +60,46 @@ Shard::Shard(const std::string& path, bool verify_checksum) : path_(path) {
     map_ = nullptr;
     throw Error(path, "a shard that can be memory-mapped", std::strerror(errno));
   }
-  const auto* h = static_cast<const unsigned char*>(map_);
-  auto fail = [&](const std::string& expected, const std::string& found) {
+  try {
+    header_ = parse_shard_header(map_, map_bytes_, path, verify_checksum);
+  } catch (...) {
     ::munmap(map_, map_bytes_);
     map_ = nullptr;
-    throw Error(path, expected, found);
-  };
+    throw;
+  }
+  tokens_ = static_cast<const unsigned char*>(map_) + kShardHeaderBytes;
+}
+
+ShardHeader parse_shard_header(const void* file, size_t file_bytes, const std::string& path, bool verify_checksum) {
+  const auto* h = static_cast<const unsigned char*>(file);
+  auto fail = [&](const std::string& expected, const std::string& found) { throw Error(path, expected, found); };
+  if (file_bytes < kShardHeaderBytes)
+    fail(detail::concat("a shard of at least ", kShardHeaderBytes, " header bytes"),
+         detail::concat(file_bytes, " bytes (truncated?)"));
   if (std::memcmp(h, "UMTOKENS", 8) != 0) fail("magic \"UMTOKENS\" (an ultramem .bin shard)", "other bytes");
-  header_.version = read_le<uint32_t>(h + 8);
-  header_.token_bytes = read_le<uint32_t>(h + 12);
-  header_.token_count = read_le<uint64_t>(h + 16);
-  header_.vocab_size = read_le<uint32_t>(h + 24);
-  header_.eos_id = read_le<uint32_t>(h + 28);
-  header_.checksum = read_le<uint64_t>(h + 32);
-  header_.document_count = read_le<uint64_t>(h + 40);
-  if (header_.version != kShardVersion) fail("shard version 1", std::to_string(header_.version));
-  if (header_.token_bytes != 2 && header_.token_bytes != 4)
-    fail("2 or 4 bytes per token", std::to_string(header_.token_bytes));
-  uint64_t payload = map_bytes_ - kShardHeaderBytes;
-  if (header_.token_count > payload / header_.token_bytes || payload != header_.token_count * header_.token_bytes)
-    fail(detail::concat(header_.token_count, " tokens = ", header_.token_count * header_.token_bytes,
-                        " payload bytes as the header says"),
+  ShardHeader header;
+  header.version = read_le<uint32_t>(h + 8);
+  header.token_bytes = read_le<uint32_t>(h + 12);
+  header.token_count = read_le<uint64_t>(h + 16);
+  header.vocab_size = read_le<uint32_t>(h + 24);
+  header.eos_id = read_le<uint32_t>(h + 28);
+  header.checksum = read_le<uint64_t>(h + 32);
+  header.document_count = read_le<uint64_t>(h + 40);
+  if (header.version != kShardVersion) fail("shard version 1", std::to_string(header.version));
+  if (header.token_bytes != 2 && header.token_bytes != 4)
+    fail("2 or 4 bytes per token", std::to_string(header.token_bytes));
+  const uint64_t payload = file_bytes - kShardHeaderBytes;
+  if (header.token_count > payload / header.token_bytes || payload != header.token_count * header.token_bytes)
+    fail(header.token_count > payload / header.token_bytes
+             ? detail::concat(header.token_count, " tokens as the header says")
+             : detail::concat(header.token_count, " tokens = ", header.token_count * header.token_bytes,
+                              " payload bytes as the header says"),
          detail::concat(payload, " payload bytes (truncated or corrupt)"));
-  if (header_.vocab_size == 0 || header_.eos_id >= header_.vocab_size)
-    fail("an eos id below a non-zero vocabulary size",
-         detail::concat("eos ", header_.eos_id, ", vocab ", header_.vocab_size));
-  tokens_ = h + kShardHeaderBytes;
-  if (verify_checksum && payload_checksum(tokens_, payload) != header_.checksum)
+  if (header.vocab_size == 0 || header.eos_id >= header.vocab_size)
+    fail("an eos id below a non-zero vocabulary size", detail::concat("eos ", header.eos_id, ", vocab ", header.vocab_size));
+  if (verify_checksum && payload_checksum(h + kShardHeaderBytes, payload) != header.checksum)
     fail("a payload matching the header checksum", "a mismatch (the shard is corrupt)");
+  return header;
 }
 
 Shard::~Shard() {

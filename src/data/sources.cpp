@@ -1,6 +1,7 @@
 #include "ultramem/data/sources.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -79,8 +80,13 @@ double manifest_bytes_per_token(const std::string& path) {
     } catch (const json::exception& e) {
       throw Error(m.string(), "a valid JSON manifest", e.what());
     }
-    double r = bytes_per_token_in(doc, p.filename().string());
-    if (r > 0) return r;
+    double r = 0;
+    try {
+      r = bytes_per_token_in(doc, p.filename().string());
+    } catch (const json::exception& e) {  // a field of the wrong type
+      throw Error(m.string(), "a manifest whose splits list shards {file, tokens, text_bytes} (docs/data-format.md)", e.what());
+    }
+    if (r > 0 && std::isfinite(r)) return r;
   }
   return 0;
 }

@@ -33,6 +33,16 @@ class JsonReader {
   std::set<std::string> seen_;
 };
 
+// A short description of a JSON value for error messages: scalars as JSON (long strings cut), small
+// shallow arrays/objects as JSON, anything else by type and size. Never recurses deeper than a few
+// levels, so a hostile, deeply nested value cannot exhaust the stack (json::dump() would).
+std::string describe_json(const json& v);
+
+// The deepest nesting of arrays/objects in JSON text (brackets inside strings ignored), without parsing:
+// parsers of untrusted files reject absurd depths before building a document from them.
+size_t json_nesting_depth(const char* text, size_t size);
+constexpr size_t kMaxJsonDepth = 256;
+
 // Applies "a.b.c=value" to a JSON document: value parsed as JSON when it parses, else taken as a string.
 void apply_override(json& doc, const std::string& assignment);
 

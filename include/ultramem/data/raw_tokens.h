@@ -36,6 +36,15 @@ class RawTokenFile : public TokenSource {
   const unsigned char* tokens_ = nullptr;
 };
 
+// Where the tokens of an .npy file are: parse_npy validates the header of a file of `bytes` bytes at
+// `file` (magic, version, dtype, order, a 1-d shape, the data size); every problem is an Error naming `path`.
+struct NpyLayout {
+  uint32_t token_bytes = 0;
+  uint64_t count = 0;
+  size_t data_offset = 0;
+};
+NpyLayout parse_npy(const void* file, size_t bytes, const std::string& path);
+
 // Writes `tokens` as a 1-d .npy (token_bytes 2 -> '<u2', 4 -> '<u4'), format version 1: for tests and
 // for converting data; numpy.load reads it back.
 void write_npy_tokens(const std::string& path, const std::vector<uint32_t>& tokens, uint32_t token_bytes);

@@ -34,6 +34,11 @@ struct ShardHeader {
 
 uint64_t payload_checksum(const void* data, size_t bytes);
 
+// Validates the header of a shard file whose `file_bytes` bytes are at `file` (magic, version, token
+// width, the size the token count implies, eos below vocab, and the checksum when asked); every
+// problem is an Error naming `path`.
+ShardHeader parse_shard_header(const void* file, size_t file_bytes, const std::string& path, bool verify_checksum);
+
 // A read-only memory-mapped shard. Opening validates the header and the file size (and the checksum
 // when asked); every problem is an Error naming the file.
 class Shard : public TokenSource {
