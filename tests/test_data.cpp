@@ -380,3 +380,14 @@ TEST_CASE("prefetcher: the loader's batches in order, state of the last consumed
   BatchPrefetcher p(broken, 4);
   CHECK_THROWS_WITH([&] { for (int k = 0; k < 10; ++k) p.next(); }(), Catch::Contains("bad.u16"));
 }
+
+TEST_CASE("prefetch buffers are page-locked exactly when a GPU is present", "[data]") {
+  HostBuffer b(4096);
+  REQUIRE(b.data() != nullptr);
+  CHECK(b.bytes() == 4096);
+  CHECK(b.pinned() == cuda_available());
+  static_cast<char*>(b.data())[4095] = 7;  // writable to its end
+  HostBuffer moved(std::move(b));
+  CHECK(moved.data() != nullptr);
+  CHECK(b.data() == nullptr);
+}

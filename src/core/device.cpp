@@ -2,6 +2,9 @@
 // runtime API needs no nvcc. Without ULTRAMEM_CUDA every query says "no GPU".
 #include "ultramem/core/device.h"
 
+#include <cstdlib>
+#include <utility>
+
 #include "ultramem/core/check.h"
 #include "src/core/device_memory.h"
 
@@ -125,4 +128,41 @@ void device_memset(void* dst, int byte_value, size_t bytes) {
 }
 
 }  // namespace detail
+
+HostBuffer::HostBuffer(size_t bytes) : bytes_(bytes) {
+#if ULTRAMEM_CUDA
+  if (cuda_available() && cudaHostAlloc(&ptr_, bytes ? bytes : 1, cudaHostAllocDefault) == cudaSuccess) {
+    pinned_ = true;
+    return;
+  }
+  cudaGetLastError();  // no pinned memory to be had: fall back to ordinary memory
+#endif
+  ptr_ = std::malloc(bytes ? bytes : 1);
+  if (!ptr_) throw Error("HostBuffer", detail::concat(bytes, " bytes of host memory"), "malloc failed");
+}
+
+HostBuffer::~HostBuffer() {
+  if (!ptr_) return;
+#if ULTRAMEM_CUDA
+  if (pinned_) {
+    cudaFreeHost(ptr_);
+    return;
+  }
+#endif
+  std::free(ptr_);
+}
+
+HostBuffer::HostBuffer(HostBuffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)), pinned_(o.pinned_) {}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
+  if (this != &o) {
+    HostBuffer tmp(std::move(*this));
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+    pinned_ = o.pinned_;
+  }
+  return *this;
+}
+
 }  // namespace um

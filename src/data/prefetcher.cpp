@@ -6,8 +6,8 @@ BatchPrefetcher::BatchPrefetcher(TokenLoader& loader, int64_t batch)
     : loader_(loader), batch_(batch), consumed_(loader.state()) {
   const size_t n = size_t(batch * loader.seq_len());
   for (Slot& s : slots_) {
-    s.ids.resize(n);
-    s.targets.resize(n);
+    s.ids = HostBuffer(n * sizeof(int32_t));
+    s.targets = HostBuffer(n * sizeof(int32_t));
   }
   worker_ = std::thread([this] { work(); });
 }
@@ -32,7 +32,7 @@ void BatchPrefetcher::work() {
     }
     // The slot is free and only this thread writes free slots: fill it without the lock.
     try {
-      loader_.next_batch(batch_, slot->ids.data(), slot->targets.data());
+      loader_.next_batch(batch_, static_cast<int32_t*>(slot->ids.data()), static_cast<int32_t*>(slot->targets.data()));
       slot->after = loader_.state();
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -64,7 +64,7 @@ BatchPrefetcher::Batch BatchPrefetcher::next() {
   held_ = take_;
   take_ ^= 1;
   consumed_ = s.after;
-  return {s.ids.data(), s.targets.data()};
+  return {static_cast<const int32_t*>(s.ids.data()), static_cast<const int32_t*>(s.targets.data())};
 }
 
 LoaderState BatchPrefetcher::consumed_state() const {

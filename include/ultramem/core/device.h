@@ -28,4 +28,26 @@ void cuda_synchronize();
 void cuda_mem_info(size_t* free_bytes, size_t* total_bytes);
 std::string cuda_device_name();
 
+// Host memory for buffers that are copied to the GPU often (training batches): page-locked
+// (cudaHostAlloc) when a GPU is present, so the copy runs at full speed without a staging copy;
+// ordinary memory otherwise. Contents are uninitialised.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  explicit HostBuffer(size_t bytes);
+  ~HostBuffer();
+  HostBuffer(HostBuffer&& o) noexcept;
+  HostBuffer& operator=(HostBuffer&& o) noexcept;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  bool pinned() const { return pinned_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  bool pinned_ = false;
+};
+
 }  // namespace um

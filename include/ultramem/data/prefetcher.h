@@ -1,7 +1,7 @@
 // Reads a loader's next micro-batches on a worker thread while the current training step computes, so
 // the (memory-mapped, possibly cold) token reads overlap the forward/backward instead of preceding it.
 //
-// Two host buffers: the consumer holds one (the batch next() returned) while the worker fills the
+// Two host buffers (page-locked when a GPU is present): the consumer holds one (the batch next() returned) while the worker fills the
 // other. The batches are exactly the loader's sequence; each buffer carries the loader state after it
 // was read, so consumed_state() is the state after the last batch handed out, never after one merely
 // prefetched: a checkpoint saved mid-run resumes exactly.
@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "ultramem/core/device.h"
 #include "ultramem/data/loader.h"
 
 namespace um::data {
@@ -40,7 +41,7 @@ class BatchPrefetcher {
  private:
   enum class SlotState { free, ready, in_use };
   struct Slot {
-    std::vector<int32_t> ids, targets;
+    HostBuffer ids, targets;  // pinned when a GPU is present: the step's host-to-device copy is direct
     LoaderState after;
     SlotState state = SlotState::free;
   };
