@@ -20,9 +20,10 @@ if [[ $STEPS == *build* ]]; then
 fi
 if [[ $STEPS == *test* ]]; then
   log "tests"
-  (cd build-gpu && ctest --output-on-failure -j1) > "$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
-  ./build-gpu/tests/ultramem-tests "[gpu]" -r junit -o "$OUT/gpu-junit.xml" > /dev/null 2>&1
+  # The CPU suites in parallel (they need no GPU), then the [gpu] cases once, one line per failure.
+  (cd build-gpu && ctest --output-on-failure -j8 -E '^gpu$') > "$OUT/ctest.log" 2>&1; tail -6 "$OUT/ctest.log"
   ./build-gpu/tests/ultramem-tests "[gpu]" -r compact > "$OUT/gpu-tests.log" 2>&1
+  ./build-gpu/tests/ultramem-tests "[gpu]" --list-tests > "$OUT/gpu-test-list.txt" 2>&1
   grep -E "passed|failed|FAILED" "$OUT/gpu-tests.log" | tail -40
 fi
 if [[ $STEPS == *bench* ]]; then
@@ -30,6 +31,9 @@ if [[ $STEPS == *bench* ]]; then
   ./build-gpu/bench/bench-matmul 2>&1 | tee "$OUT/bench-matmul.txt" | tail -20
   ./build-gpu/bench/bench-attention 2>&1 | tee "$OUT/bench-attention.txt" | tail -12
   ./build-gpu/bench/bench-tokenizer 2>&1 | tee "$OUT/bench-tokenizer.txt" | tail -8
+  log "MoE layer (ours vs dense, then PyTorch eager)"
+  ./build-gpu/bench/bench-moe 2>&1 | tee "$OUT/bench-moe.txt" | tail -12
+  PYTHONUNBUFFERED=1 python3 bench/torch_moe.py 2>&1 | tee "$OUT/torch-moe.txt" | tail -10
 fi
 if [[ $STEPS == *e2e* ]]; then
   log "end-to-end gpt2-124m"
@@ -38,4 +42,26 @@ if [[ $STEPS == *e2e* ]]; then
     | tee "$OUT/torch-reference.txt" | tail -3
   log "tiny-cpu config trained on the GPU"
   ./build-gpu/ultramem-train configs/tiny-cpu.json --set train.out_dir=/tmp/tiny-gpu 2>&1 | tail -8 | tee "$OUT/tiny-gpu.txt"
+fi
+if [[ $STEPS == *mem* ]]; then
+  log "memory layers: gather bandwidth, layer fwd+bwd vs PyTorch, UltraMemV2 vs its dense backbone"
+  ./build-gpu/bench/bench-memory-lookup 2>&1 | tee "$OUT/bench-memory-lookup.txt" | tail -8
+  ./build-gpu/bench/bench-memory-layer 2>&1 | tee "$OUT/bench-memory-layer.txt" | tail -4
+  PYTHONUNBUFFERED=1 python3 bench/torch_memory_layer.py configs/ultramemv2-227m-1.2b.json 2>&1 \
+    | tee "$OUT/torch-memory-layer.txt" | tail -5
+  ./build-gpu/bench/bench-train configs/ultramemv2-227m-1.2b.json --batch 8 --seq 2048 --steps 10 2>&1 \
+    | tee "$OUT/bench-train-ultramemv2.txt" | tail -3
+  ./build-gpu/bench/bench-train configs/ultramemv2-227m-1.2b.json --batch 8 --seq 2048 --steps 10 --set model.mem_type=none 2>&1 \
+    | tee "$OUT/bench-train-backbone.txt" | tail -3
+fi
+if [[ $STEPS == *compare* ]]; then
+  log "UltraMemV2-small vs dense of equal active compute on the shared corpus (.device/corpus)"
+  for run in ultramemv2-small dense-small; do
+    ./build-gpu/ultramem-train configs/$run.json --set train.out_dir=/tmp/runs/$run \
+      --set "data.train=.device/corpus/corpus-train-*.bin" --set "data.val=.device/corpus/heldout-train-*.bin" \
+      > "$OUT/train-$run.log" 2>&1; tail -3 "$OUT/train-$run.log"
+    cp /tmp/runs/$run/metrics.jsonl "$OUT/metrics-$run.jsonl"
+  done
+  python3 bench/plot_val_loss.py "$OUT/val-loss.svg" UltraMemV2-small=/tmp/runs/ultramemv2-small dense-small=/tmp/runs/dense-small \
+    | tee "$OUT/compare.txt"
 fi

@@ -48,4 +48,13 @@ void Tape::backward(const Tensor& loss, double seed) {
   nodes_.clear();
 }
 
+void Tape::backward_from(const Tensor& out, const Tensor& dout) {
+  UM_CHECK(out.requires_grad(), "an output that depends on something requiring a gradient", out.desc());
+  check_shape(dout, out.shape(), "backward_from: dout");
+  GradSlot g = grad_slot(out);
+  g.grad.copy_from(dout);
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) (*it)();
+  nodes_.clear();
+}
+
 }  // namespace um

@@ -1,6 +1,6 @@
 #include "ultramem/nn/parameters.h"
 
-#include <random>
+#include <cmath>
 
 #include "ultramem/optim/adamw.h"
 
@@ -12,6 +12,8 @@ const char* param_kind_name(ParamKind k) {
     case ParamKind::embedding: return "embedding";
     case ParamKind::norm: return "norm";
     case ParamKind::bias: return "bias";
+    case ParamKind::memory_value: return "memory_value";
+    case ParamKind::buffer: return "buffer";
   }
   return "?";
 }
@@ -48,6 +50,15 @@ static uint64_t name_hash(const std::string& s) {
   return h;
 }
 
+// A uniform draw in [0, 1) from (key, counter): splitmix64's finaliser, 53 bits.
+static double unit_draw(uint64_t key, uint64_t counter) {
+  uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 11) * 0x1.0p-53;
+}
+
 void ParameterStore::finalize(Device device, DType compute_dtype, uint64_t seed) {
   UM_CHECK(!finalized_, "finalize() once", "a second call");
   UM_CHECK(compute_dtype == DType::f32 || (compute_dtype == DType::bf16 && device.is_cuda()),
@@ -62,15 +73,26 @@ void ParameterStore::finalize(Device device, DType compute_dtype, uint64_t seed)
     switch (p.init.kind) {
       case ParamInit::Kind::zeros: break;
       case ParamInit::Kind::ones: std::fill(dst, dst + p.numel(), 1.f); break;
+      case ParamInit::Kind::constant: std::fill(dst, dst + p.numel(), p.init.lo); break;
+      case ParamInit::Kind::uniform: {
+        const uint64_t key = seed * 0x9E3779B97F4A7C15ull ^ name_hash(p.name);
+        const double lo = p.init.lo, span = double(p.init.hi) - double(p.init.lo);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < p.numel(); ++i) dst[i] = float(lo + span * unit_draw(key, uint64_t(i)));
+        break;
+      }
       case ParamInit::Kind::normal: {
-        std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull ^ name_hash(p.name));
-        // Box-Muller on our own uniform draws: bit-identical across standard libraries.
+        // Box-Muller on counter-based uniform draws: bit-identical across standard libraries and
+        // thread counts, and parallel (memory value tables hold billions of weights).
+        const uint64_t key = seed * 0x9E3779B97F4A7C15ull ^ name_hash(p.name);
         const double two_pi = 6.283185307179586;
-        for (int64_t i = 0; i < p.numel(); i += 2) {
-          double u1 = (double(rng() >> 11) + 1.0) * 0x1.0p-53, u2 = double(rng() >> 11) * 0x1.0p-53;
-          double r = std::sqrt(-2.0 * std::log(u1));
+        const int64_t n = p.numel();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i += 2) {
+          const double u1 = 1.0 - unit_draw(key, uint64_t(i)), u2 = unit_draw(key, uint64_t(i) + 1);
+          const double r = std::sqrt(-2.0 * std::log(u1));
           dst[i] = float(p.init.std * r * std::cos(two_pi * u2));
-          if (i + 1 < p.numel()) dst[i + 1] = float(p.init.std * r * std::sin(two_pi * u2));
+          if (i + 1 < n) dst[i + 1] = float(p.init.std * r * std::sin(two_pi * u2));
         }
         break;
       }

@@ -10,6 +10,7 @@
 #include "ultramem/ops/linear.h"
 #include "ultramem/ops/norm.h"
 #include "ultramem/ops/rope.h"
+#include "src/nn/memory.h"
 
 namespace um::nn {
 
@@ -57,6 +58,7 @@ Transformer::Transformer(const ModelConfig& cfg, ParameterStore& ps) : cfg_(cfg)
     blk->ffn = make_ffn(cfg, int(i), p, ps);
     blocks_.push_back(std::move(blk));
   }
+  memory_ = std::make_unique<MemorySystem>(cfg, ps);
   add_norm(cfg, ps, "transformer.ln_f", &ln_f_w_, &ln_f_b_);
   if (!cfg.tie_embeddings)
     head_ = &ps.add("transformer.ff_out.weight", {cfg.vocab_size, cfg.d_model}, ParamInit::normal(cfg.init_std),
@@ -96,7 +98,12 @@ Tensor Transformer::loss(const Tensor& ids, const Tensor& targets, StepContext& 
   }
   x = dropout(x, ctx);
   const int64_t H = cfg_.n_heads, Hkv = cfg_.kv_heads();
-  for (auto& blk : blocks_) {
+  // Memory layers read a block's FFN input (after its pre-norm) and add to the residual stream after
+  // the block they name (the same block for "full", a later one for skip-layer placement).
+  const auto& places = memory_->placements();
+  std::vector<Tensor> mem_out(places.size());
+  for (int64_t li = 0; li < int64_t(blocks_.size()); ++li) {
+    auto& blk = blocks_[size_t(li)];
     Tensor h = norm(x, blk->attn_norm_w, blk->attn_norm_b);
     Tensor qkv = ops::linear(h, blk->att_proj_w->compute, value(blk->att_proj_b));
     if (cfg_.pos_encoding == "rope") qkv = ops::rope(qkv, H, Hkv, cfg_.rope_theta);
@@ -105,10 +112,17 @@ Tensor Transformer::loss(const Tensor& ids, const Tensor& targets, StepContext& 
     x = ops::add(x, dropout(a, ctx));
     h = norm(x, blk->ff_norm_w, blk->ff_norm_b);
     x = ops::add(x, dropout(blk->ffn->forward(h, ctx), ctx));
+    for (size_t m = 0; m < places.size(); ++m)
+      if (places[m].read == li) mem_out[m] = memory_->forward(m, h, ctx);
+    for (size_t m = 0; m < places.size(); ++m)
+      if (places[m].write == li) x = ops::add(x, mem_out[m]);
   }
   x = norm(x, ln_f_w_, ln_f_b_);
   Tensor logits = ops::linear(ops::reshape(x, {B * T, d}), head_ ? head_->compute : wte_->compute, Tensor());
-  return ops::cross_entropy(logits, ops::reshape(targets, {B * T}), cfg_.real_vocab());
+  Tensor loss = ops::cross_entropy(logits, ops::reshape(targets, {B * T}), cfg_.real_vocab());
+  ctx.ce_loss = loss;
+  for (const auto& aux : ctx.aux_losses) loss = ops::add(loss, aux.value);
+  return loss;
 }
 
 double Transformer::flops_per_token(int64_t seq_len) const {
@@ -117,9 +131,18 @@ double Transformer::flops_per_token(int64_t seq_len) const {
   const double d = double(cfg_.d_model), L = double(cfg_.n_layers);
   const double qkv = double((cfg_.n_heads + 2 * cfg_.kv_heads()) * cfg_.head_dim());
   const double mlp_in = double(cfg_.mlp_act == "swiglu" ? 2 * cfg_.mlp_hidden : cfg_.mlp_hidden);
-  const double per_layer = d * qkv + d * d + d * mlp_in + double(cfg_.mlp_hidden) * d;
+  double ffn = d * mlp_in + double(cfg_.mlp_hidden) * d;
+  if (cfg_.ffn == "moe") {
+    // Active experts only: top_k experts per token, plus the router and the shared expert (docs/moe.md).
+    const double h = double(cfg_.expert_hidden()), hs = double(cfg_.moe_shared_expert_hidden);
+    const double in_mult = cfg_.mlp_act == "swiglu" ? 3.0 : 2.0;
+    ffn = double(cfg_.moe_top_k) * in_mult * d * h + d * double(cfg_.moe_num_experts) + in_mult * d * hs;
+  }
+  const double per_layer = d * qkv + d * d + ffn;
   const double matmul_params = L * per_layer + double(cfg_.vocab_size) * d;
-  return 6.0 * matmul_params + 12.0 * L * d * double(seq_len);
+  return 6.0 * matmul_params + 12.0 * L * d * double(seq_len) + memory_->flops_per_token();
 }
+
+void Transformer::begin_step() { memory_->begin_step(); }
 
 }  // namespace um::nn

@@ -5,6 +5,7 @@
 
 #include "ultramem/config/json_reader.h"
 #include "ultramem/core/check.h"
+#include "ultramem/train/memory_config.h"
 
 namespace um::train {
 
@@ -35,7 +36,21 @@ static nn::ModelConfig parse_model(const json* obj) {
   m.init_std = float(r.get_double("init_std", m.init_std, 0, 10));
   m.init = r.get_choice("init", m.init, {"normal", "megatron"});
   m.dropout = float(r.get_double("dropout", m.dropout, 0, 0.99));
+  parse_memory_keys(r, m);
+  // Mixture of experts (model.ffn = "moe").
+  m.moe_num_experts = r.get_int("moe_num_experts", m.moe_num_experts, 1, 1024);
+  m.moe_top_k = r.get_int("moe_top_k", m.moe_top_k, 1, 16);
+  m.moe_hidden = r.get_int("moe_hidden", m.moe_hidden, 0, 1 << 20);
+  m.moe_loss_weight = r.get_double("moe_loss_weight", m.moe_loss_weight, 0, 1e3);
+  m.moe_zloss_weight = r.get_double("moe_zloss_weight", m.moe_zloss_weight, 0, 1e3);
+  m.moe_renormalize = r.get_bool("moe_renormalize", m.moe_renormalize);
+  m.moe_shared_expert_hidden = r.get_int("moe_shared_expert_hidden", m.moe_shared_expert_hidden, 0, 1 << 20);
+  m.moe_capacity_factor = r.get_double("moe_capacity_factor", m.moe_capacity_factor, 0, 1e3);
   r.finish();
+  validate_memory(m);
+  if (m.moe_top_k > m.moe_num_experts)
+    throw Error("model.moe_top_k", detail::concat("at most model.moe_num_experts (", m.moe_num_experts, ")"),
+                std::to_string(m.moe_top_k));
   if (m.d_model % m.n_heads != 0)
     throw Error("model.d_model", detail::concat("a multiple of model.n_heads (", m.n_heads, ")"), std::to_string(m.d_model));
   if (m.n_heads % m.kv_heads() != 0)
@@ -103,6 +118,9 @@ static OptimConfig parse_optim(const json* obj) {
   o.warmup_steps = r.get_int("warmup_steps", o.warmup_steps, 0, kBig);
   o.schedule = r.get_choice("schedule", o.schedule, {"cosine", "linear", "constant"});
   o.lr_end_ratio = r.get_double("lr_end_ratio", o.lr_end_ratio, 0, 1);
+  o.mem_value_lr_times = r.get_double("mem_value_lr_times", o.mem_value_lr_times, 0, 1e6);
+  o.mem_value_lr_max_steps_rate = r.get_double("mem_value_lr_max_steps_rate", o.mem_value_lr_max_steps_rate, 0, 1e6);
+  o.mem_value_lr = r.get_double("mem_value_lr", o.mem_value_lr, 0, 10);
   r.finish();
   return o;
 }
@@ -123,6 +141,13 @@ static RunConfig parse_run(const json* obj) {
   t.keep_last = r.get_int("keep_last", t.keep_last, 1, 1 << 20);
   t.out_dir = r.get_string("out_dir", t.out_dir);
   t.peak_tflops = r.get_double("peak_tflops", t.peak_tflops, 0, 1e6);
+  if (const json* nf = r.get_object("nonfinite")) {
+    JsonReader n(nf, "train.nonfinite");
+    t.nonfinite_policy = n.get_choice("policy", t.nonfinite_policy, {"stop", "skip"});
+    t.nonfinite_max_skips = n.get_int("max_skips", t.nonfinite_max_skips, 0, kBig);
+    n.finish();
+  }
+  t.check_memory = r.get_bool("check_memory", t.check_memory);
   r.finish();
   if (t.global_batch % t.micro_batch != 0)
     throw Error("train.global_batch", detail::concat("a multiple of train.micro_batch (", t.micro_batch, ")"),
@@ -146,12 +171,21 @@ TrainConfig parse_config(const json& doc) {
 }
 
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path, "a readable JSON config file", "it cannot be opened");
+  std::string text;
+  try {
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  } catch (const std::exception& e) {  // reading a directory throws from the stream buffer
+    throw Error(path, "a readable JSON config file", e.what());
+  }
+  if (in.bad()) throw Error(path, "a readable JSON config file", "a read error");
+  if (config::json_nesting_depth(text.data(), text.size()) > config::kMaxJsonDepth)
+    throw Error(path, detail::concat("JSON nested at most ", config::kMaxJsonDepth, " levels deep"), "deeper nesting");
   json doc;
   try {
-    doc = json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
+    doc = json::parse(text, nullptr, true, /*ignore_comments=*/true);
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers beyond double (1e400)
     throw Error(path, "valid JSON", e.what());
   }
   for (const auto& o : overrides) config::apply_override(doc, o);
@@ -179,6 +213,11 @@ json to_json(const TrainConfig& c) {
                 {"ffn", m.ffn}, {"mlp_act", m.mlp_act}, {"mlp_hidden", m.mlp_hidden}, {"bias", m.bias},
                 {"tie_embeddings", m.tie_embeddings}, {"init_std", m.init_std}, {"init", m.init},
                 {"dropout", m.dropout}};
+  memory_to_json(m.mem, j["model"]);
+  j["model"].update({{"moe_num_experts", m.moe_num_experts}, {"moe_top_k", m.moe_top_k}, {"moe_hidden", m.moe_hidden},
+                     {"moe_loss_weight", m.moe_loss_weight}, {"moe_zloss_weight", m.moe_zloss_weight},
+                     {"moe_renormalize", m.moe_renormalize}, {"moe_shared_expert_hidden", m.moe_shared_expert_hidden},
+                     {"moe_capacity_factor", m.moe_capacity_factor}});
   const auto& d = c.data;
   j["data"] = {{"train", d.train}, {"val", d.val}, {"seq_len", d.seq_len}, {"verify_checksum", d.verify_checksum},
                {"vocab_size", d.vocab_size}, {"eos_id", d.eos_id}};
@@ -191,12 +230,16 @@ json to_json(const TrainConfig& c) {
   j["optim"] = {{"lr", o.lr}, {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps},
                 {"weight_decay", o.weight_decay}, {"decay_embeddings", o.decay_embeddings},
                 {"decay_norms_and_biases", o.decay_norms_and_biases}, {"grad_clip", o.grad_clip},
-                {"warmup_steps", o.warmup_steps}, {"schedule", o.schedule}, {"lr_end_ratio", o.lr_end_ratio}};
+                {"warmup_steps", o.warmup_steps}, {"schedule", o.schedule}, {"lr_end_ratio", o.lr_end_ratio},
+                {"mem_value_lr_times", o.mem_value_lr_times},
+                {"mem_value_lr_max_steps_rate", o.mem_value_lr_max_steps_rate}, {"mem_value_lr", o.mem_value_lr}};
   const auto& t = c.train;
   j["train"] = {{"max_steps", t.max_steps}, {"micro_batch", t.micro_batch}, {"global_batch", t.global_batch},
                 {"seed", t.seed}, {"device", t.device}, {"precision", t.precision}, {"log_every", t.log_every},
                 {"val_every", t.val_every}, {"val_batches", t.val_batches}, {"checkpoint_every", t.checkpoint_every},
-                {"keep_last", t.keep_last}, {"out_dir", t.out_dir}, {"peak_tflops", t.peak_tflops}};
+                {"keep_last", t.keep_last}, {"out_dir", t.out_dir}, {"peak_tflops", t.peak_tflops},
+                {"nonfinite", {{"policy", t.nonfinite_policy}, {"max_skips", t.nonfinite_max_skips}}},
+                {"check_memory", t.check_memory}};
   return j;
 }
 

@@ -35,7 +35,8 @@ EvalResult evaluate_loss(nn::Transformer& model, data::TokenLoader& loader, int6
     copy_bytes(d_targets.data(), device, targets.data(), Device::cpu(), targets.size() * 4);
     nn::StepContext ctx;
     ctx.training = false;
-    sum += model.loss(d_ids, d_targets, ctx).to_doubles()[0];  // no tape active: nothing is recorded
+    model.loss(d_ids, d_targets, ctx);  // no tape active: nothing is recorded
+    sum += ctx.ce_loss.to_doubles()[0];   // the cross-entropy, without auxiliary losses
     arena_for(device).reset();
   }
   r.batches = batches;

@@ -1,5 +1,8 @@
 #include "ultramem/train/trainer.h"
 
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +13,8 @@
 #include "ultramem/core/tape.h"
 #include "ultramem/optim/schedule.h"
 #include "ultramem/train/evaluate.h"
+#include "ultramem/train/reliability.h"
+#include "src/io/atomic_file.h"
 
 namespace um::train {
 
@@ -81,6 +86,50 @@ static data::LoaderState loader_state_from_json(const json& j, const data::Token
   return s;
 }
 
+// ---- reliability helpers (docs/reliability.md) ----
+
+static bool has_step(const std::vector<int64_t>& steps, int64_t step) {
+  return std::find(steps.begin(), steps.end(), step) != steps.end();
+}
+
+// Test hook: fills one parameter's gradient with NaN.
+static void poison_gradient(nn::ParameterStore& ps, const std::string& name) {
+  for (auto& p : ps.params())
+    if (p.name == name) {
+      p.grad.copy_from(Tensor::from_doubles(std::vector<double>(size_t(p.numel()), NAN), p.shape, DType::f32));
+      return;
+    }
+  throw Error("TrainerFaults::nan_grad_param", "a parameter name", "\"" + name + "\"");
+}
+
+// The first parameter, in model order (embeddings, then block by block), whose gradient is not finite.
+static std::string first_nonfinite_gradient(const nn::ParameterStore& ps) {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const auto& p : ps.params()) ranges.push_back({p.offset, p.offset + p.numel()});
+  const std::vector<double> sq = optim::grad_sq_norms(ps.flat_grad(), ranges);
+  size_t i = 0;
+  for (const auto& p : ps.params())
+    if (!std::isfinite(sq[i++])) return p.name;
+  return "? (the global norm overflowed; every parameter's own norm is finite)";
+}
+
+// Refuses, before anything is allocated, a config whose estimated footprint exceeds the free GPU memory.
+static void check_gpu_memory(const TrainConfig& cfg, const nn::ParameterStore& ps, DType compute) {
+  size_t free_bytes = 0, total_bytes = 0;
+  cuda_mem_info(&free_bytes, &total_bytes);
+  check_memory_fits(estimate_memory(cfg, ps.flat_numel(), compute), free_bytes, total_bytes, cfg, cuda_device_name());
+}
+
+// On resume: name the config keys that differ from the checkpoint's (changing, say, the seed or
+// the batch makes the continuation differ from an uninterrupted run).
+static void warn_config_changes(const json& state, const TrainConfig& cfg) {
+  if (!state.contains("config")) return;
+  std::string list;
+  for (const auto& k : config_differences(state["config"], to_json(cfg)))
+    if (k != "train.max_steps" && k != "train.out_dir") list += (list.empty() ? "" : ", ") + k;
+  if (!list.empty()) std::printf("resume: config differs from the checkpoint's in %s\n", list.c_str());
+}
+
 Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), quiet_(quiet) {
   device_ = resolve_device(cfg.train.device);
   const std::string& prec = cfg.train.precision;
@@ -90,17 +139,23 @@ Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), q
   if (device_.is_cuda()) cuda_set_device(device_.index);
 
   model_ = std::make_unique<nn::Transformer>(cfg.model, ps_);
+  if (device_.is_cuda() && cfg.train.check_memory) check_gpu_memory(cfg, ps_, compute_dtype_);  // before allocating
   ps_.finalize(device_, compute_dtype_, cfg.train.seed);
   opt_.m = Tensor::zeros({ps_.flat_numel()}, DType::f32, device_);
   opt_.v = Tensor::zeros({ps_.flat_numel()}, DType::f32, device_);
   for (const auto& p : ps_.params()) {
-    bool decay = p.kind == nn::ParamKind::matrix || (p.kind == nn::ParamKind::embedding && cfg.optim.decay_embeddings) ||
+    const LrGroup group = p.kind == nn::ParamKind::memory_value ? LrGroup::memory_value
+                          : p.kind == nn::ParamKind::buffer     ? LrGroup::frozen
+                                                                : LrGroup::base;
+    bool decay = p.kind == nn::ParamKind::matrix || p.kind == nn::ParamKind::memory_value ||
+                 (p.kind == nn::ParamKind::embedding && cfg.optim.decay_embeddings) ||
                  ((p.kind == nn::ParamKind::norm || p.kind == nn::ParamKind::bias) && cfg.optim.decay_norms_and_biases);
+    if (group == LrGroup::frozen) decay = false;
     int64_t end = p.offset + (p.numel() + 63) / 64 * 64;
-    if (!ranges_.empty() && ranges_.back().decay == decay && ranges_.back().end == p.offset)
+    if (!ranges_.empty() && ranges_.back().decay == decay && ranges_.back().group == group && ranges_.back().end == p.offset)
       ranges_.back().end = end;
     else
-      ranges_.push_back({p.offset, end, decay});
+      ranges_.push_back({p.offset, end, decay, group});
   }
 
   const int64_t world = 1;  // data parallelism arrives with the NCCL issue
@@ -136,13 +191,17 @@ Trainer::Trainer(const TrainConfig& cfg, bool resume, bool quiet) : cfg_(cfg), q
       step_ = st.at("step").get<int64_t>();
       tokens_seen_ = st.at("tokens_seen").get<int64_t>();
       train_loader_->set_state(loader_state_from_json(st.at("loader"), *train_loader_));
+      if (st.contains("nonfinite")) skipped_steps_ = st["nonfinite"].at("skipped_steps").get<int64_t>();
     } catch (const json::exception& e) {
       throw Error(dir + "/trainer.json", "step, tokens_seen and loader {epoch, cursor} or {draws, sources}", e.what());
     }
+    if (!quiet_) warn_config_changes(st, cfg);
+    truncate_metrics(cfg.train.out_dir, step_);  // drop what a killed run logged after this checkpoint
+    last_saved_step_ = step_;
     if (!quiet_) std::printf("resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(step_));
   }
   prefetcher_ = std::make_unique<data::BatchPrefetcher>(*train_loader_, cfg.train.micro_batch);  // after the resume
-  std::ofstream(fs::path(cfg.train.out_dir) / "config.json") << to_json(cfg).dump(2) << "\n";
+  io::write_file_atomic((fs::path(cfg.train.out_dir) / "config.json").string(), to_json(cfg).dump(2, ' ', false, json::error_handler_t::replace) + "\n");
   if (!quiet_)
     std::printf("ultramem: %s, %s compute, %.2fM parameters, %lld micro-batches of %lldx%lld per step\n",
                 device_.is_cuda() ? cuda_device_name().c_str() : "cpu", dtype_name(compute_dtype_),
@@ -162,9 +221,22 @@ void Trainer::load_batch() {
   copy_bytes(targets_.data(), device_, b.targets, Device::cpu(), bytes);
 }
 
+double Trainer::memory_value_lr(double lr) const {
+  const auto& o = cfg_.optim;
+  if (o.mem_value_lr > 0) return o.mem_value_lr;  // a constant (Memory+)
+  // The multiplier falls linearly from mem_value_lr_times to 1 at max_steps x rate, then stays 1.
+  const double end = double(cfg_.train.max_steps) * o.mem_value_lr_max_steps_rate;
+  const double frac = end > 0 ? std::min(1.0, double(step_) / end) : 1.0;
+  return lr * (o.mem_value_lr_times + (1.0 - o.mem_value_lr_times) * frac);
+}
+
 std::vector<optim::AdamWGroup> Trainer::groups_for_lr(double lr) const {
   std::vector<optim::AdamWGroup> g;
-  for (const auto& r : ranges_) g.push_back({r.begin, r.end, float(lr), r.decay ? float(cfg_.optim.weight_decay) : 0.f});
+  const double value_lr = memory_value_lr(lr);
+  for (const auto& r : ranges_) {
+    const double group_lr = r.group == LrGroup::frozen ? 0.0 : r.group == LrGroup::memory_value ? value_lr : lr;
+    g.push_back({r.begin, r.end, float(group_lr), r.decay ? float(cfg_.optim.weight_decay) : 0.f});
+  }
   return g;
 }
 
@@ -174,50 +246,56 @@ StepStats Trainer::step() {
                         cfg_.optim.schedule};
   StepStats s;
   s.lr = sched.lr(step_);
+  const data::LoaderState before = prefetcher_->consumed_state();  // the last good state, should this step fail
   ps_.begin_step();
+  model_->begin_step();
   Arena& arena = arena_for(device_);
   double loss_sum = 0;
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     load_batch();
+    if (!s.nonfinite.empty()) continue;  // the step is lost: its remaining data is consumed unread
     nn::StepContext ctx;
     ctx.training = true;
     ctx.dropout_seed = cfg_.train.seed * 1000003ull + uint64_t(step_) * 4099ull + uint64_t(micro);
+    // Layers report health statistics from the last micro-batch of the steps that are logged.
+    ctx.collect_stats = micro + 1 == accum_steps_ && is_log_step(step_ + 1);
     Tape tape;
     {
       TapeScope scope(tape);
       Tensor loss = model_->loss(ids_, targets_, ctx);
       double l = loss.to_doubles()[0];
-      if (!std::isfinite(l))
-        throw Error(detail::concat("step ", step_ + 1, " micro-batch ", micro), "a finite training loss",
-                    detail::concat(l, " (no checkpoint was written for this step)"));
-      loss_sum += l;
+      if (micro == 0 && has_step(faults_.nan_loss_steps, step_ + 1)) l = NAN;
+      if (!std::isfinite(l)) {
+        s.nonfinite = detail::concat("loss (", l, ") in micro-batch ", micro);
+        continue;  // no backward: the tape and the arena are dropped
+      }
+      // The logged loss is the cross-entropy; auxiliary losses are logged by name beside it.
+      loss_sum += ctx.aux_losses.empty() ? l : ctx.ce_loss.to_doubles()[0];
+      for (const auto& aux : ctx.aux_losses) s.aux[aux.name] += aux.value.to_doubles()[0] / double(accum_steps_);
+      if (ctx.collect_stats) s.stats = std::move(ctx.stats);
       // Each micro-batch contributes 1/accum of the mean loss's gradient.
       tape.backward(loss, 1.0 / double(accum_steps_));
     }
     arena.reset();
   }
-  ps_.zero_unwritten_grads();
+  if (!s.nonfinite.empty()) arena.reset();  // the micro-batch whose loss was non-finite left it in use
   s.loss = loss_sum / double(accum_steps_);
-  s.grad_norm = optim::grad_norm(ps_.flat_grad());
-  if (!std::isfinite(s.grad_norm)) {
-    std::string first = "?";
-    for (const auto& p : ps_.params()) {
-      double sq = optim::grad_sq_norms(ps_.flat_grad(), {{p.offset, p.offset + p.numel()}})[0];
-      if (!std::isfinite(sq)) {
-        first = p.name;
-        break;
-      }
-    }
-    throw Error(detail::concat("step ", step_ + 1), "finite gradients",
-                "a non-finite gradient, first in " + first + " (no checkpoint was written for this step)");
+  if (s.nonfinite.empty()) {
+    ps_.zero_unwritten_grads();
+    if (has_step(faults_.nan_grad_steps, step_ + 1)) poison_gradient(ps_, faults_.nan_grad_param);
+    s.grad_norm = optim::grad_norm(ps_.flat_grad());
+    if (!std::isfinite(s.grad_norm)) s.nonfinite = "gradient, first in " + first_nonfinite_gradient(ps_);
   }
-  optim::AdamWHyper h;
-  h.beta1 = float(cfg_.optim.beta1);
-  h.beta2 = float(cfg_.optim.beta2);
-  h.eps = float(cfg_.optim.eps);
-  h.step = step_ + 1;
-  h.grad_scale = (cfg_.optim.grad_clip > 0 && s.grad_norm > cfg_.optim.grad_clip) ? float(cfg_.optim.grad_clip / s.grad_norm) : 1.f;
-  optim::adamw_step(ps_.flat_master(), ps_.flat_grad(), opt_.m, opt_.v, ps_.flat_compute(), groups_for_lr(s.lr), h);
+  if (!s.nonfinite.empty()) handle_nonfinite(s, before);  // throws NonFiniteStop, or marks the step skipped
+  if (!s.skipped) {
+    optim::AdamWHyper h;
+    h.beta1 = float(cfg_.optim.beta1);
+    h.beta2 = float(cfg_.optim.beta2);
+    h.eps = float(cfg_.optim.eps);
+    h.step = step_ + 1 - skipped_steps_;  // updates made, for the bias correction
+    h.grad_scale = (cfg_.optim.grad_clip > 0 && s.grad_norm > cfg_.optim.grad_clip) ? float(cfg_.optim.grad_clip / s.grad_norm) : 1.f;
+    optim::adamw_step(ps_.flat_master(), ps_.flat_grad(), opt_.m, opt_.v, ps_.flat_compute(), groups_for_lr(s.lr), h);
+  }
   if (device_.is_cuda()) cuda_synchronize();
   ++step_;
   const int64_t tokens = cfg_.train.global_batch * cfg_.data.seq_len;
@@ -243,20 +321,67 @@ double Trainer::validate() {
 
 json Trainer::trainer_state() const {
   // The state after the last micro-batch a step consumed, not after the one being prefetched.
-  json loader = loader_state_to_json(prefetcher_->consumed_state(), *train_loader_);
-  return {{"step", step_}, {"tokens_seen", tokens_seen_}, {"loader", loader}, {"config", to_json(cfg_)}};
+  return trainer_state(prefetcher_->consumed_state());
+}
+
+json Trainer::trainer_state(const data::LoaderState& loader_state) const {
+  json loader = loader_state_to_json(loader_state, *train_loader_);
+  optim::Schedule sched{cfg_.optim.lr, cfg_.optim.warmup_steps, cfg_.train.max_steps, cfg_.optim.lr_end_ratio,
+                        cfg_.optim.schedule};
+  // Every random stream is a pure function of the seed and a counter, so the counters above restore
+  // them: initial weights (seed, name), data order (seed, epoch), mixture draws (seed, draw), dropout
+  // (seed, step, micro-batch).
+  json rng = {{"seed", cfg_.train.seed}, {"streams", "counter-based: weights (seed, name), data order (seed, epoch), "
+                                                     "mixture (seed, draw), dropout (seed, step, micro-batch)"}};
+  json schedule = {{"step", step_}, {"next_lr", sched.lr(step_)}, {"schedule", cfg_.optim.schedule},
+                   {"warmup_steps", cfg_.optim.warmup_steps}, {"max_steps", cfg_.train.max_steps}};
+  return {{"step", step_}, {"tokens_seen", tokens_seen_}, {"loader", loader}, {"rng", rng}, {"schedule", schedule},
+          {"nonfinite", {{"skipped_steps", skipped_steps_}}}, {"config", to_json(cfg_)}};
 }
 
 void Trainer::save_checkpoint() {
   std::string dir = io::save_checkpoint(cfg_.train.out_dir, step_, ps_, opt_, trainer_state(), cfg_.train.keep_last);
+  last_saved_step_ = step_;
   if (!quiet_) std::printf("checkpoint %s\n", dir.c_str());
 }
 
+void Trainer::handle_nonfinite(StepStats& s, const data::LoaderState& before) {
+  const auto& t = cfg_.train;
+  if (t.nonfinite_policy == "skip" && skipped_steps_ < t.nonfinite_max_skips) {
+    ++skipped_steps_;
+    s.skipped = true;
+    s.loss = NAN;
+    if (!quiet_)
+      std::printf("step %6lld | warning: non-finite %s; step skipped, no update (%lld of train.nonfinite.max_skips %lld)\n",
+                  static_cast<long long>(step_ + 1), s.nonfinite.c_str(), static_cast<long long>(skipped_steps_),
+                  static_cast<long long>(t.nonfinite_max_skips));
+    return;
+  }
+  // The weights and moments are untouched by this step; the loader goes back to before it, so the
+  // checkpoint is exactly the state after step_ (a resume replays this step's data).
+  const std::string dir = io::save_checkpoint(t.out_dir, step_, ps_, opt_, trainer_state(before), t.keep_last);
+  last_saved_step_ = step_;
+  const std::string why = t.nonfinite_policy == "skip"
+                              ? detail::concat("train.nonfinite.max_skips (", t.nonfinite_max_skips, ") steps were already skipped")
+                              : std::string("train.nonfinite.policy is \"stop\"");
+  throw NonFiniteStop(detail::concat("step ", step_ + 1), "a finite loss and finite gradients",
+                      detail::concat("a non-finite ", s.nonfinite, "; stopped because ", why, ". The last good state (step ",
+                                     step_, ") is saved in ", dir, "; --resume continues from it (consider a lower optim.lr, "
+                                     "optim.grad_clip, or train.nonfinite.policy=skip)"));
+}
+
+bool Trainer::is_log_step(int64_t step) const {
+  return step % cfg_.train.log_every == 0 || step == cfg_.train.max_steps || step == 1;
+}
+
 void Trainer::log_step(const StepStats& s) {
-  append_jsonl(cfg_.train.out_dir, {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
-                                    {"tokens", tokens_seen_}, {"tokens_per_s", s.tokens_per_s}, {"mfu", s.mfu},
-                                    {"step_s", s.step_seconds}});
-  if (quiet_ || (s.step % cfg_.train.log_every != 0 && s.step != cfg_.train.max_steps && s.step != 1)) return;
+  json line = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
+               {"tokens", tokens_seen_}, {"tokens_per_s", s.tokens_per_s}, {"mfu", s.mfu}, {"step_s", s.step_seconds}};
+  if (!s.aux.empty()) line["aux_losses"] = s.aux;
+  if (!s.stats.empty()) line["stats"] = s.stats;
+  if (s.skipped) line["skipped"] = s.nonfinite;  // train.nonfinite.policy "skip": no update this step
+  append_jsonl(cfg_.train.out_dir, line);
+  if (quiet_ || !is_log_step(s.step)) return;
   const double eta = double(cfg_.train.max_steps - s.step) * (elapsed_ / double(std::max<int64_t>(s.step, 1)));
   char mfu[32] = "";
   if (s.mfu > 0) std::snprintf(mfu, sizeof mfu, " | MFU %4.1f%%", 100 * s.mfu);
@@ -268,7 +393,19 @@ void Trainer::log_step(const StepStats& s) {
 
 void Trainer::run(int64_t steps) {
   const int64_t stop = steps > 0 ? std::min(step_ + steps, cfg_.train.max_steps) : cfg_.train.max_steps;
+  // SIGINT/SIGTERM (train/reliability.h): end after the step in flight, with a checkpoint.
+  auto stop_on_request = [&] {
+    const int sig = stop_requested();
+    if (!sig) return false;
+    if (last_saved_step_ != step_) save_checkpoint();
+    stopped_by_signal_ = sig;
+    if (!quiet_)
+      std::printf("stopped by signal %d (%s) after step %lld; the checkpoint is saved: --resume continues\n", sig,
+                  sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "?", static_cast<long long>(step_));
+    return true;
+  };
   while (step_ < stop) {
+    if (stop_on_request()) return;
     StepStats s = step();
     log_step(s);
     const bool last = step_ == cfg_.train.max_steps;
@@ -279,6 +416,7 @@ void Trainer::run(int64_t steps) {
     }
     if ((cfg_.train.checkpoint_every > 0 && step_ % cfg_.train.checkpoint_every == 0) || last) save_checkpoint();
   }
+  if (stop_on_request()) return;
   if (!quiet_)
     std::printf("done: %lld steps, %.1fs, activation arena peak %.1f MiB\n", static_cast<long long>(step_), elapsed_,
                 double(arena_peak_bytes()) / (1 << 20));

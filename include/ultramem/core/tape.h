@@ -15,6 +15,9 @@ class Tape {
   void record(std::function<void()> backward) { nodes_.push_back(std::move(backward)); }
   // Seeds d(loss)/d(loss) = seed and runs every recorded node in reverse, then clears the tape.
   void backward(const Tensor& loss, double seed = 1.0);
+  // Seeds d(.)/d(out) = dout (out's shape and dtype, any tensor) and runs the tape likewise: for
+  // benchmarks and tests of a layer without a loss on top.
+  void backward_from(const Tensor& out, const Tensor& dout);
   void clear() { nodes_.clear(); }
   size_t size() const { return nodes_.size(); }
 

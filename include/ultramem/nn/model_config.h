@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <string>
 
+#include "ultramem/nn/memory_config.h"
+
 namespace um::nn {
 
 struct ModelConfig {
@@ -26,10 +28,21 @@ struct ModelConfig {
   float init_std = 0.02f;
   std::string init = "megatron";  // "normal" | "megatron": output projections get std / sqrt(2 n_layers)
   float dropout = 0.f;
+  MemoryConfig mem;  // memory layers (model.mem_* keys)
+  // --- Mixture of experts (model.ffn = "moe"; docs/moe.md) ---
+  int64_t moe_num_experts = 8;
+  int64_t moe_top_k = 2;
+  int64_t moe_hidden = 0;                 // expert hidden width; 0 = mlp_hidden
+  double moe_loss_weight = 0.01;          // load-balance loss coefficient (E sum_e f_e P_e)
+  double moe_zloss_weight = 0.001;        // router z-loss coefficient (mean logsumexp^2)
+  bool moe_renormalize = false;           // top-k weights renormalised to sum to 1 (OLMoE: false)
+  int64_t moe_shared_expert_hidden = 0;   // hidden width of an always-on shared expert; 0 = none
+  double moe_capacity_factor = 0;         // 0 = dropless; f > 0: an expert takes at most ceil(f N k / E) tokens
 
   int64_t kv_heads() const { return n_kv_heads ? n_kv_heads : n_heads; }
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t real_vocab() const { return valid_vocab ? valid_vocab : vocab_size; }
+  int64_t expert_hidden() const { return moe_hidden ? moe_hidden : mlp_hidden; }
 };
 
 }  // namespace um::nn

@@ -12,13 +12,19 @@
 namespace um::nn {
 
 // What a parameter is, for weight-decay masks and learning-rate groups.
-enum class ParamKind { matrix, embedding, norm, bias };
+// memory_value: memory-layer value tables (values, pre-values), their own learning-rate group
+// (mem_value_lr_times) and weight decay as matrices. buffer: state a layer keeps in the store so it
+// is checkpointed with the weights (UltraMem's Tucker u, v), never changed by the optimizer.
+enum class ParamKind { matrix, embedding, norm, bias, memory_value, buffer };
 const char* param_kind_name(ParamKind k);
 
 struct ParamInit {
-  enum class Kind { normal, zeros, ones } kind = Kind::normal;
-  float std = 0.02f;
+  enum class Kind { normal, uniform, constant, zeros, ones } kind = Kind::normal;
+  float std = 0.02f;        // normal
+  float lo = 0.f, hi = 0.f;  // uniform [lo, hi); constant: lo
   static ParamInit normal(float std) { return {Kind::normal, std}; }
+  static ParamInit uniform(float lo, float hi) { return {Kind::uniform, 0.f, lo, hi}; }
+  static ParamInit constant(float c) { return {Kind::constant, 0.f, c, c}; }
   static ParamInit zeros() { return {Kind::zeros, 0.f}; }
   static ParamInit ones() { return {Kind::ones, 0.f}; }
 };

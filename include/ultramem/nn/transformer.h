@@ -11,16 +11,22 @@
 
 namespace um::nn {
 
+class MemorySystem;  // src/nn/memory.h
+
 class Transformer {
  public:
   Transformer(const ModelConfig& cfg, ParameterStore& ps);
   ~Transformer();
-  // ids, targets: i32 [B, T] on the model's device (targets -1 = ignored). Returns the mean loss, an
-  // f32 [1] tensor (recorded on the current tape, if any).
+  // ids, targets: i32 [B, T] on the model's device (targets -1 = ignored). Returns the mean
+  // cross-entropy plus the layers' auxiliary losses (ctx.aux_losses; ctx.ce_loss holds the
+  // cross-entropy alone), an f32 [1] tensor (recorded on the current tape, if any).
   Tensor loss(const Tensor& ids, const Tensor& targets, StepContext& ctx);
   const ModelConfig& config() const { return cfg_; }
   // Matmul FLOPs per token for forward + backward (6 x matmul parameters + attention), for MFU.
   double flops_per_token(int64_t seq_len) const;
+  // Once per optimizer step before its forward passes (memory layers refresh their Tucker
+  // pre-selection vectors from the updated cores).
+  void begin_step();
 
  private:
   struct Block;
@@ -33,6 +39,7 @@ class Transformer {
   Parameter* ln_f_w_ = nullptr;
   Parameter* ln_f_b_ = nullptr;
   std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<MemorySystem> memory_;
 };
 
 }  // namespace um::nn

@@ -37,6 +37,12 @@ struct OptimConfig {
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";    // "cosine" | "linear" | "constant"
   double lr_end_ratio = 0.1;          // final lr / peak lr
+  // Memory value tables (values, pre-values): lr x a multiplier that decays linearly from
+  // mem_value_lr_times to 1 at step max_steps x mem_value_lr_max_steps_rate, under the same
+  // warmup/cosine schedule; or, when mem_value_lr > 0, that constant lr (Memory+'s 1e-3).
+  double mem_value_lr_times = 1.0;
+  double mem_value_lr_max_steps_rate = 1.0;
+  double mem_value_lr = 0.0;
 };
 
 struct RunConfig {
@@ -53,6 +59,11 @@ struct RunConfig {
   int64_t keep_last = 3;
   std::string out_dir = "runs/default";
   double peak_tflops = 0;     // for MFU; 0 = from the GPU's name (H100/H200 bf16 dense 989)
+  // A non-finite loss or gradient (train.nonfinite): "stop" saves the last good state and stops;
+  // "skip" drops that step's update (its data is consumed) up to max_skips times in the run, then stops.
+  std::string nonfinite_policy = "stop";
+  int64_t nonfinite_max_skips = 10;
+  bool check_memory = true;   // refuse a config whose estimated GPU memory exceeds the free memory
 };
 
 struct TrainConfig {
