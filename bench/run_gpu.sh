@@ -59,7 +59,7 @@ if [[ $STEPS == *compare* ]]; then
   for run in ultramemv2-small dense-small; do
     ./build-gpu/ultramem-train configs/$run.json --set train.out_dir=/tmp/runs/$run \
       --set "data.train=.device/corpus/corpus-train-*.bin" --set "data.val=.device/corpus/heldout-train-*.bin" \
-      > "$OUT/train-$run.log" 2>&1; tail -3 "$OUT/train-$run.log"
+      > "/tmp/train-$run.log" 2>&1; tail -3 "/tmp/train-$run.log"
     cp /tmp/runs/$run/metrics.jsonl "$OUT/metrics-$run.jsonl"
   done
   python3 bench/plot_val_loss.py "$OUT/val-loss.svg" UltraMemV2-small=/tmp/runs/ultramemv2-small dense-small=/tmp/runs/dense-small \
