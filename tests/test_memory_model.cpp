@@ -97,6 +97,9 @@ TEST_CASE("memory config mistakes name the key", "[memory]") {
   expect_error("mem_type", "ultramem", "model.mem_type");  // not a known type
   expect_error("mem_insert_way", "3:1", "model.mem_insert_way");
   expect_error("mem_output_dropout_rate", 0.1, "model.mem_output_dropout_rate");  // unsupported key
+  json v2 = read_config("tiny-ultramem-v2.json");
+  v2["model"]["mem_share_ratio"] = 0.01;  // floor(sqrt(1024 x 0.01)) = 3 keys per side < knn 8
+  CHECK_THROWS_WITH(train::parse_config(v2), Catch::Contains("model.mem_knn") && Catch::Contains("3 keys per side"));
   json v1 = read_config("tiny-ultramem-v1.json");
   v1["model"]["mem_value_expand_time"] = 3;
   CHECK_THROWS_WITH(train::parse_config(v1), Catch::Contains("model.mem_value_expand_time"));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ultramem/core/check.h"
+#include "src/nn/memory.h"
 
 namespace um::train {
 
@@ -66,7 +67,16 @@ void validate_memory(const nn::ModelConfig& m) {
     require(c.value_expand_time == 1 || c.value_expand_time == e2, "mem_value_expand_time",
             detail::concat("1 or mem_key_expand_time^2 (", e2, ")"), std::to_string(c.value_expand_time));
   }
-  nn::memory_placements(c, m.n_layers, "model.mem_insert_way");  // throws on a bad layout
+  const int64_t layers = int64_t(nn::memory_placements(c, m.n_layers, "model.mem_insert_way").size());
+  // The derived keys per side (after expansion and sharing) bound the picks and the i32 grid indices.
+  const nn::MemoryGeometry g = nn::memory_geometry(m, 0, layers);
+  require(c.knn <= g.n, "mem_knn", detail::concat("at most the ", g.n, " keys per side this layout gives"),
+          std::to_string(c.knn));
+  require(g.virtual_num < (int64_t(1) << 31), "mem_knum",
+          detail::concat("a size whose grid of (keys per side)^2 = ", g.virtual_num, " fits below 2^31"),
+          std::to_string(c.knum));
+  require(g.pool_rows < (int64_t(1) << 31), "mem_knum",
+          detail::concat("a pool below 2^31 rows (this one has ", g.pool_rows, ")"), std::to_string(c.knum));
 }
 
 void memory_to_json(const nn::MemoryConfig& c, nlohmann::json& j) {
