@@ -68,19 +68,6 @@ double time_ms(F&& step, int warmup, int reps) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-void backward_from(Tape& tape, const Tensor& y, const Tensor& dy, const std::vector<Tensor>& extra) {
-  Tensor loss = Tensor::zeros(Shape{1}, DType::f32, y.device());
-  loss.set_requires_grad(true);
-  tape.record([y, dy, extra] {
-    grad_slot(y).grad.copy_from(dy);
-    for (const Tensor& l : extra) {
-      GradSlot s = grad_slot(l);
-      s.grad.copy_from(Tensor::from_doubles({1.0}, Shape{1}, l.dtype(), l.device()));
-    }
-  });
-  tape.backward(loss);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,6 +93,7 @@ int main(int argc, char** argv) {
     // x is an activation: its gradient has the activation dtype (a persistent buffer, so no arena
     // memory outlives a rep).
     x.set_grad(Tensor::zeros({tokens, d}, DType::bf16, dev));
+    const Tensor one = Tensor::from_doubles({1.0}, Shape{1}, DType::f32, dev);  // d(total loss)/d(aux loss)
     std::vector<Row> rows;
     for (const Case& c : cases) {
       // Dense SwiGLU MLP with hidden top_k * h: the same active expert FLOPs.
@@ -115,7 +103,7 @@ int main(int argc, char** argv) {
         {
           TapeScope scope(tape);
           Tensor y = ops::linear(ops::swiglu(ops::linear(x, wp, Tensor())), wo, Tensor());
-          backward_from(tape, y, dy, {});
+          tape.backward_from(y, dy);
         }
         arena_for(dev).reset();
       };
@@ -145,7 +133,7 @@ int main(int argc, char** argv) {
             TapeScope scope(tape);
             nn::MoeLayerResult r = nn::moe_layer(x, router, w1, w2, o);
             counts = r.plan.counts;
-            backward_from(tape, r.y, dy, {r.routing.balance_loss, r.routing.z_loss});
+            tape.backward_from({{r.y, dy}, {r.routing.balance_loss, one}, {r.routing.z_loss, one}});
           }
           arena_for(dev).reset();
         };

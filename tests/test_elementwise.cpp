@@ -30,6 +30,26 @@ TEST_CASE("reshape and cast pass gradients back", "[ops][elementwise]") {
   CHECK(err < 1e-4);  // the f32 round trip limits precision
 }
 
+TEST_CASE("backward_from seeds several outputs at once", "[ops][elementwise]") {
+  Tensor a = randn({2, 3}, DType::f64, Device::cpu(), 4), b = randn({2, 3}, DType::f64, Device::cpu(), 5);
+  Tensor g1 = randn({2, 3}, DType::f64, Device::cpu(), 6), g2 = randn({2, 3}, DType::f64, Device::cpu(), 7);
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  Tape tape;
+  {
+    TapeScope scope(tape);
+    Tensor y = ops::add(a, b), z = ops::add(a, a);
+    tape.backward_from({{y, g1}, {z, g2}});
+  }
+  // da = g1 + 2 g2 (y and twice z), db = g1.
+  auto da = a.grad().to_doubles(), db = b.grad().to_doubles(), v1 = g1.to_doubles(), v2 = g2.to_doubles();
+  for (size_t i = 0; i < da.size(); ++i) {
+    CHECK(std::abs(da[i] - (v1[i] + 2 * v2[i])) < 1e-12);
+    CHECK(db[i] == v1[i]);
+  }
+  arena_for(Device::cpu()).reset();
+}
+
 TEST_CASE("elementwise CUDA matches CPU", "[gpu][elementwise]") {
   UM_REQUIRE_GPU();
   PoisonArena poison(Device::cuda());

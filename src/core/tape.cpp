@@ -48,11 +48,15 @@ void Tape::backward(const Tensor& loss, double seed) {
   nodes_.clear();
 }
 
-void Tape::backward_from(const Tensor& out, const Tensor& dout) {
-  UM_CHECK(out.requires_grad(), "an output that depends on something requiring a gradient", out.desc());
-  check_shape(dout, out.shape(), "backward_from: dout");
-  GradSlot g = grad_slot(out);
-  g.grad.copy_from(dout);
+void Tape::backward_from(const Tensor& out, const Tensor& dout) { backward_from({{out, dout}}); }
+
+void Tape::backward_from(const std::vector<Seed>& seeds) {
+  for (const Seed& s : seeds) {
+    UM_CHECK(s.out.requires_grad(), "an output that depends on something requiring a gradient", s.out.desc());
+    check_shape(s.grad, s.out.shape(), "backward_from: seed gradient");
+    GradSlot g = grad_slot(s.out);
+    g.grad.copy_from(s.grad);
+  }
   for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) (*it)();
   nodes_.clear();
 }

@@ -18,6 +18,11 @@ class Tape {
   // Seeds d(.)/d(out) = dout (out's shape and dtype, any tensor) and runs the tape likewise: for
   // benchmarks and tests of a layer without a loss on top.
   void backward_from(const Tensor& out, const Tensor& dout);
+  // The same with several seeds at once (a layer's output and its auxiliary losses, say).
+  struct Seed {
+    Tensor out, grad;
+  };
+  void backward_from(const std::vector<Seed>& seeds);
   void clear() { nodes_.clear(); }
   size_t size() const { return nodes_.size(); }
 
