@@ -15,11 +15,13 @@
 #include "ultramem/core/device.h"
 #include "ultramem/ops/attention.h"
 #include "ultramem/ops/elementwise.h"
+#include "bench/bench_common.h"
 #if ULTRAMEM_CUDA
 #include <cuda_runtime.h>
 #endif
 
 using namespace um;
+using bench::median;
 
 namespace {
 
@@ -41,10 +43,6 @@ struct Row {
   double fwd_ms, bwd_ms, fwd_tflops, bwd_tflops;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // N(0, 1) values (f32 on the host), converted to `dtype` on `device`.
 Tensor random_tensor(const Shape& shape, DType dtype, Device device, uint64_t seed) {

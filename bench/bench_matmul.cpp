@@ -18,12 +18,14 @@
 #include "ultramem/core/arena.h"
 #include "ultramem/core/tensor.h"
 #include "ultramem/ops/linear.h"
+#include "bench/bench_common.h"
 
 #if ULTRAMEM_CUDA
 #include <cuda_runtime.h>
 #endif
 
 using namespace um;
+using bench::median;
 using ops::Activation;
 
 namespace {
@@ -41,10 +43,6 @@ struct Result {
   double ms = 0, flops = 0;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // A pool of N(0, 1) values in `dtype`; tensors are filled from it at rotating offsets.
 struct RandomPool {
@@ -75,12 +73,6 @@ struct RandomPool {
 };
 
 #if ULTRAMEM_CUDA
-#define BENCH_CUDA(call)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (call);                                                                     \
-    if (e_ != cudaSuccess) throw Error(UM_HERE, #call " to succeed", cudaGetErrorString(e_));    \
-  } while (0)
-
 // Median GPU time in ms of fn(rep) over `reps` timed calls after `warmup` untimed ones.
 double time_gpu(const std::function<void(int)>& fn, int reps, int warmup = 5) {
   for (int i = 0; i < warmup; ++i) fn(i);

@@ -16,16 +16,14 @@
 #include "ultramem/core/device.h"
 #include "ultramem/ops/elementwise.h"
 #include "ultramem/train/config.h"
+#include "bench/bench_common.h"
 #if ULTRAMEM_CUDA
 #include <cuda_runtime.h>
 #endif
 
 using namespace um;
+using bench::median;
 
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 int main(int argc, char** argv) {
   std::string config = std::string(ULTRAMEM_SOURCE_DIR) + "/configs/ultramemv2-227m-1.2b.json";

@@ -24,11 +24,13 @@
 #include "ultramem/core/device.h"
 #include "ultramem/core/tensor.h"
 #include "ultramem/ops/memory_lookup.h"
+#include "bench/bench_common.h"
 #if ULTRAMEM_CUDA
 #include <cuda_runtime.h>
 #endif
 
 using namespace um;
+using bench::median;
 
 namespace {
 
@@ -36,17 +38,6 @@ constexpr int kWarmup = 3;
 constexpr int kReps = 15;
 
 #if ULTRAMEM_CUDA
-#define BENCH_CUDA(call)                                                                      \
-  do {                                                                                        \
-    cudaError_t e_ = (call);                                                                  \
-    if (e_ != cudaSuccess) throw Error(UM_HERE, #call " to succeed", cudaGetErrorString(e_)); \
-  } while (0)
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // Median GPU milliseconds of fn() over kReps calls after kWarmup; the arena is reset after each call.
 double time_ms(const std::function<void()>& fn) {
   Arena& arena = arena_for(Device::cuda());
