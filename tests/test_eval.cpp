@@ -17,12 +17,8 @@ using json = nlohmann::json;
 
 static const std::string kSample = std::string(ULTRAMEM_SOURCE_DIR) + "/data_tools/sample/";
 
-static std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ultramem-eval-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+// A fresh empty directory for this file's tests (testing::fresh_dir, tagged by file).
+static std::string scratch_dir(const std::string& name) { return testing::fresh_dir("eval-" + name); }
 
 static train::TrainConfig tiny_config(const std::string& out_dir) {
   json doc = {
@@ -50,7 +46,7 @@ TEST_CASE("source names drop extension and numbering", "[eval]") {
 }
 
 TEST_CASE("eval reports the trainer's validation loss bitwise, per source, with bits per byte", "[eval][e2e]") {
-  auto cfg = tiny_config(fresh_dir("run"));
+  auto cfg = tiny_config(scratch_dir("run"));
   train::Trainer t(cfg, false, true);
   t.step();
   t.step();
@@ -70,7 +66,7 @@ TEST_CASE("eval reports the trainer's validation loss bitwise, per source, with 
   CHECK(std::isnan(rows[0].bits_per_byte()));  // no manifest next to the sample
 
   // Two sources with a tokenizer manifest: rows per source, bits per byte from the split's bytes/token.
-  std::string dir = fresh_dir("sources");
+  std::string dir = scratch_dir("sources");
   std::vector<uint32_t> web(2000), code(1500);
   for (size_t i = 0; i < web.size(); ++i) web[i] = uint32_t((i * 131 + 7) % 50257);
   for (size_t i = 0; i < code.size(); ++i) code[i] = uint32_t((i * 17 + 3) % 300);

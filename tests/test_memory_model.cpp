@@ -65,13 +65,8 @@ TEST_CASE("mem_insert_way: full, skip-layer pairs, and errors naming the key", "
   }
 }
 
-static json read_config(const std::string& name) {
-  std::ifstream in(std::string(ULTRAMEM_SOURCE_DIR) + "/configs/" + name);
-  return json::parse(in);
-}
-
 TEST_CASE("UltraMemV2 release geometry: shared pool, sharing window, offsets", "[memory]") {
-  auto cfg = train::parse_config(read_config("ultramemv2-227m-1.2b.json"));
+  auto cfg = train::parse_config(testing::read_config("ultramemv2-227m-1.2b.json"));
   auto g0 = nn::memory_geometry(cfg.model, 0, 20), g7 = nn::memory_geometry(cfg.model, 7, 20);
   CHECK(g0.pool_rows == 360 * 360 * 20);
   CHECK(g0.n == 1138);  // floor(sqrt(2,592,000 x 0.5))
@@ -79,13 +74,13 @@ TEST_CASE("UltraMemV2 release geometry: shared pool, sharing window, offsets", "
   CHECK(g0.virtual_num == 1138 * 1138);
   CHECK(g7.offset == 7 * 360 * 360);
   CHECK((g0.rank == 2 && g0.q_ranks == 2 && g0.cores == 2 && g0.groups == 1));
-  auto v1 = train::parse_config(read_config("ultramem-v1-small.json"));
+  auto v1 = train::parse_config(testing::read_config("ultramem-v1-small.json"));
   auto g = nn::memory_geometry(v1.model, 1, 3);
   CHECK((g.n == 1024 && g.value_num == 512 * 512 && g.virtual_num == 1024 * 1024 && g.groups == 4 && g.pool == 1));
 }
 
 TEST_CASE("memory config mistakes name the key", "[memory]") {
-  json doc = read_config("tiny-memory-plus.json");
+  json doc = testing::read_config("tiny-memory-plus.json");
   auto expect_error = [&](const std::string& key, const json& value, const std::string& fragment) {
     json d = doc;
     d["model"][key] = value;
@@ -97,23 +92,20 @@ TEST_CASE("memory config mistakes name the key", "[memory]") {
   expect_error("mem_type", "ultramem", "model.mem_type");  // not a known type
   expect_error("mem_insert_way", "3:1", "model.mem_insert_way");
   expect_error("mem_output_dropout_rate", 0.1, "model.mem_output_dropout_rate");  // unsupported key
-  json v2 = read_config("tiny-ultramem-v2.json");
+  json v2 = testing::read_config("tiny-ultramem-v2.json");
   v2["model"]["mem_share_ratio"] = 0.01;  // floor(sqrt(1024 x 0.01)) = 3 keys per side < knn 8
   CHECK_THROWS_WITH(train::parse_config(v2), Catch::Contains("model.mem_knn") && Catch::Contains("3 keys per side"));
-  json v1 = read_config("tiny-ultramem-v1.json");
+  json v1 = testing::read_config("tiny-ultramem-v1.json");
   v1["model"]["mem_value_expand_time"] = 3;
   CHECK_THROWS_WITH(train::parse_config(v1), Catch::Contains("model.mem_value_expand_time"));
 }
 
-static std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ultramem-mem-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+// A fresh empty directory for this file's tests (testing::fresh_dir, tagged by file).
+static std::string scratch_dir(const std::string& name) { return testing::fresh_dir("mem-" + name); }
 
 static train::TrainConfig tiny_memory_config(const std::string& file, const std::string& out, const std::string& dev,
                                              int64_t steps) {
-  json d = read_config(file);
+  json d = testing::read_config(file);
   const std::string sample = std::string(ULTRAMEM_SOURCE_DIR) + "/data_tools/sample/";
   d["model"]["d_model"] = d["model"]["mem_type"] == "memory_plus" ? 128 : 64;
   d["model"]["n_layers"] = 4;
@@ -127,7 +119,7 @@ static train::TrainConfig tiny_memory_config(const std::string& file, const std:
 TEST_CASE("tiny memory models: loss falls on real text, health statistics logged (CPU)", "[e2e][memory]") {
   for (std::string file : {"tiny-ultramem-v2.json", "tiny-ultramem-v1.json", "tiny-memory-plus.json"}) {
     INFO(file);
-    auto cfg = tiny_memory_config(file, fresh_dir("loss"), "cpu", 30);
+    auto cfg = tiny_memory_config(file, scratch_dir("loss"), "cpu", 30);
     cfg.data.val = "";
     train::Trainer t(cfg, false, true);
     t.run();
@@ -160,11 +152,11 @@ TEST_CASE("tiny memory models: loss falls on real text, health statistics logged
 TEST_CASE("memory models resume bitwise identically, Tucker vectors included (CPU)", "[e2e][memory]") {
   for (std::string file : {"tiny-ultramem-v2.json", "tiny-ultramem-v1.json", "tiny-memory-plus.json"}) {
     INFO(file);
-    auto a_cfg = tiny_memory_config(file, fresh_dir("resume-a"), "cpu", 4);
+    auto a_cfg = tiny_memory_config(file, scratch_dir("resume-a"), "cpu", 4);
     train::Trainer a(a_cfg, false, true);
     std::vector<double> la, lb;
     for (int i = 0; i < 4; ++i) la.push_back(a.step().loss);
-    auto b_cfg = tiny_memory_config(file, fresh_dir("resume-b"), "cpu", 4);
+    auto b_cfg = tiny_memory_config(file, scratch_dir("resume-b"), "cpu", 4);
     {
       train::Trainer b(b_cfg, false, true);
       for (int i = 0; i < 2; ++i) lb.push_back(b.step().loss);
@@ -181,15 +173,15 @@ TEST_CASE("tiny memory models on the GPU: first loss matches the CPU, resume is 
   UM_REQUIRE_GPU();
   for (std::string file : {"tiny-ultramem-v2.json", "tiny-ultramem-v1.json", "tiny-memory-plus.json"}) {
     INFO(file);
-    auto c = tiny_memory_config(file, fresh_dir("gc"), "cpu", 4);
+    auto c = tiny_memory_config(file, scratch_dir("gc"), "cpu", 4);
     train::Trainer cpu(c, false, true);
     const double cl = cpu.step().loss;
-    auto g = tiny_memory_config(file, fresh_dir("gg"), "cuda", 4);
+    auto g = tiny_memory_config(file, scratch_dir("gg"), "cuda", 4);
     g.train.precision = "fp32";
     train::Trainer gpu(g, false, true);
     const double gl = gpu.step().loss;
     CHECK(std::abs(gl - cl) / cl < 1e-4);
-    auto ra = tiny_memory_config(file, fresh_dir("gra"), "cuda", 4), rb = tiny_memory_config(file, fresh_dir("grb"), "cuda", 4);
+    auto ra = tiny_memory_config(file, scratch_dir("gra"), "cuda", 4), rb = tiny_memory_config(file, scratch_dir("grb"), "cuda", 4);
     train::Trainer a(ra, false, true);
     std::vector<double> la, lb;
     for (int i = 0; i < 4; ++i) la.push_back(a.step().loss);

@@ -527,17 +527,8 @@ TEST_CASE("moe layer CUDA matches CPU forward and backward, f32 and bf16, determ
 
 namespace {
 
-json read_config(const std::string& name) {
-  std::ifstream in(std::string(ULTRAMEM_SOURCE_DIR) + "/configs/" + name);
-  REQUIRE(in);
-  return json::parse(in, nullptr, true, true);
-}
-
-std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ultramem-moe-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+// A fresh empty directory for this file's tests (testing::fresh_dir, tagged by file).
+static std::string scratch_dir(const std::string& name) { return testing::fresh_dir("moe-" + name); }
 
 double model_flops(const json& doc) {
   train::TrainConfig c = train::parse_config(doc);
@@ -551,27 +542,27 @@ double model_flops(const json& doc) {
 TEST_CASE("moe configs: keys round-trip, errors name the key, active FLOPs match the dense backbone", "[moe][config]") {
   for (std::string f : {"tiny-moe.json", "moe-top2-of-8.json", "olmoe-top8-of-64.json"}) {
     INFO(f);
-    json doc = read_config(f);
+    json doc = testing::read_config(f);
     train::TrainConfig c = train::parse_config(doc);
     CHECK(c.model.ffn == "moe");
     json back = train::to_json(c);
     CHECK(back["model"]["moe_num_experts"] == c.model.moe_num_experts);
     CHECK(train::to_json(train::parse_config(back)) == back);
   }
-  json bad = read_config("tiny-moe.json");
+  json bad = testing::read_config("tiny-moe.json");
   bad["model"]["moe_topk"] = 2;
   CHECK_THROWS_WITH(train::parse_config(bad), Catch::Contains("model.moe_topk"));
-  bad = read_config("tiny-moe.json");
+  bad = testing::read_config("tiny-moe.json");
   bad["model"]["moe_top_k"] = bad["model"]["moe_num_experts"].get<int>() + 1;
   CHECK_THROWS_WITH(train::parse_config(bad), Catch::Contains("model.moe_top_k"));
   // Both large MoE configs have the active matmul FLOPs of configs/dense-227m.json (d 768, 20 layers,
   // SwiGLU 3264: the UltraMemV2-227M backbone plus its memory layers' compute), up to the router's d x E.
-  json dense = read_config("olmoe-top8-of-64.json");
+  json dense = testing::read_config("olmoe-top8-of-64.json");
   dense["model"]["ffn"] = "mlp";
-  dense["model"]["mlp_hidden"] = read_config("dense-227m.json")["model"]["mlp_hidden"];
+  dense["model"]["mlp_hidden"] = testing::read_config("dense-227m.json")["model"]["mlp_hidden"];
   const double dense_flops = model_flops(dense);
   for (std::string f : {"moe-top2-of-8.json", "olmoe-top8-of-64.json"}) {
-    const double moe = model_flops(read_config(f));
+    const double moe = model_flops(testing::read_config(f));
     INFO(f << " moe " << moe << " dense " << dense_flops);
     CHECK(moe >= dense_flops);
     CHECK(moe < dense_flops * 1.005);
@@ -579,7 +570,7 @@ TEST_CASE("moe configs: keys round-trip, errors name the key, active FLOPs match
 }
 
 TEST_CASE("tiny MoE model: loss falls on real text, aux losses and expert counts logged (CPU)", "[e2e][moe]") {
-  json d = read_config("tiny-moe.json");
+  json d = testing::read_config("tiny-moe.json");
   const std::string sample = std::string(ULTRAMEM_SOURCE_DIR) + "/data_tools/sample/";
   d["data"] = {{"train", sample + "shakespeare-train.bin"}, {"val", sample + "shakespeare-val.bin"}, {"seq_len", 64}};
   d["model"]["d_model"] = 64;
@@ -587,7 +578,7 @@ TEST_CASE("tiny MoE model: loss falls on real text, aux losses and expert counts
   d["model"]["moe_hidden"] = 128;
   d["optim"]["warmup_steps"] = 3;
   d["train"] = {{"max_steps", 30}, {"micro_batch", 4}, {"global_batch", 8}, {"seed", 3}, {"device", "cpu"},
-                {"val_batches", 2}, {"log_every", 5}, {"checkpoint_every", 0}, {"out_dir", fresh_dir("loss")},
+                {"val_batches", 2}, {"log_every", 5}, {"checkpoint_every", 0}, {"out_dir", scratch_dir("loss")},
                 {"keep_last", 2}};
   train::TrainConfig cfg = train::parse_config(d);
   train::Trainer t(cfg, false, true);
@@ -621,16 +612,16 @@ TEST_CASE("tiny MoE model: loss falls on real text, aux losses and expert counts
 
 TEST_CASE("tiny MoE model on the GPU: first loss matches the CPU", "[gpu][e2e][moe]") {
   UM_REQUIRE_GPU();
-  json d = read_config("tiny-moe.json");
+  json d = testing::read_config("tiny-moe.json");
   const std::string sample = std::string(ULTRAMEM_SOURCE_DIR) + "/data_tools/sample/";
   d["data"] = {{"train", sample + "shakespeare-train.bin"}, {"val", ""}, {"seq_len", 64}};
-  d["train"] = {{"max_steps", 4}, {"micro_batch", 4}, {"seed", 3}, {"device", "cpu"}, {"out_dir", fresh_dir("gpu-cpu")}};
+  d["train"] = {{"max_steps", 4}, {"micro_batch", 4}, {"seed", 3}, {"device", "cpu"}, {"out_dir", scratch_dir("gpu-cpu")}};
   train::Trainer cpu(train::parse_config(d), false, true);
   const double cpu_loss = cpu.step().loss;
   for (std::string prec : {"fp32", "bf16"}) {
     d["train"]["device"] = "cuda";
     d["train"]["precision"] = prec;
-    d["train"]["out_dir"] = fresh_dir("gpu-" + prec);
+    d["train"]["out_dir"] = scratch_dir("gpu-" + prec);
     train::Trainer g(train::parse_config(d), false, true);
     const double gl = g.step().loss;
     INFO(prec << " gpu " << gl << " cpu " << cpu_loss);

@@ -31,12 +31,8 @@ const Tokenizer& gpt2() {
   return t;
 }
 
-std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ultramem-tokenize-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+// A fresh empty directory for this file's tests (testing::fresh_dir, tagged by file).
+static std::string scratch_dir(const std::string& name) { return testing::fresh_dir("tokenize-" + name); }
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
@@ -87,7 +83,7 @@ struct Doc {
 }  // namespace
 
 TEST_CASE("tokenize tool: .jsonl.gz, .jsonl.zst, .json.gz, .txt round trip", "[tokenizer][tool]") {
-  std::string in = fresh_dir("in"), out = fresh_dir("out");
+  std::string in = scratch_dir("in"), out = scratch_dir("out");
   std::vector<Doc> docs;  // in input order
   std::vector<json> red, c4;
   for (int i = 0; i < 40; ++i) {
@@ -186,7 +182,7 @@ TEST_CASE("tokenize tool: .jsonl.gz, .jsonl.zst, .json.gz, .txt round trip", "[t
 }
 
 TEST_CASE("tokenize tool: malformed lines are reported with file:line, skipped or fatal", "[tokenizer][tool]") {
-  std::string in = fresh_dir("bad-in"), out = fresh_dir("bad-out");
+  std::string in = scratch_dir("bad-in"), out = scratch_dir("bad-out");
   std::string lines = "{\"text\": \"one\"}\n"
                       "{\"text\": \"two\"}\n"
                       "{\"text\": \"three\"\n"                    // 3: bad JSON
@@ -267,7 +263,7 @@ TEST_CASE("tokenize tool: the val split is a deterministic hash of (file name, l
 }
 
 TEST_CASE("tokenize tool: truncated gzip and unknown extensions are errors naming the file", "[tokenizer][tool]") {
-  std::string in = fresh_dir("trunc-in"), out = fresh_dir("trunc-out");
+  std::string in = scratch_dir("trunc-in"), out = scratch_dir("trunc-out");
   std::string lines;
   for (int i = 0; i < 2000; ++i) lines += "{\"text\": \"line " + std::to_string(i * 7919) + "\"}\n";
   write_gzip(in + "/full.jsonl.gz", lines);

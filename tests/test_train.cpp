@@ -13,11 +13,8 @@ using json = nlohmann::json;
 
 static const std::string kSample = std::string(ULTRAMEM_SOURCE_DIR) + "/data_tools/sample/";
 
-static std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ultramem-e2e-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+// A fresh empty directory for this file's tests (testing::fresh_dir, tagged by file).
+static std::string scratch_dir(const std::string& name) { return testing::fresh_dir("e2e-" + name); }
 
 // A model small enough for a CPU test, on real text.
 static train::TrainConfig tiny_config(const std::string& out_dir, const std::string& device) {
@@ -35,7 +32,7 @@ static train::TrainConfig tiny_config(const std::string& out_dir, const std::str
 static std::vector<double> master_weights(train::Trainer& t) { return t.params().flat_master().to_doubles(); }
 
 TEST_CASE("tiny model: training loss falls clearly on real text (CPU)", "[e2e]") {
-  auto cfg = tiny_config(fresh_dir("loss"), "cpu");
+  auto cfg = tiny_config(scratch_dir("loss"), "cpu");
   train::Trainer t(cfg, false, true);
   double first = t.step().loss;
   double last = 0;
@@ -55,13 +52,13 @@ TEST_CASE("tiny model: training loss falls clearly on real text (CPU)", "[e2e]")
 }
 
 TEST_CASE("resume is bitwise identical to an uninterrupted run (CPU)", "[e2e]") {
-  auto run_a = tiny_config(fresh_dir("resume-a"), "cpu");
+  auto run_a = tiny_config(scratch_dir("resume-a"), "cpu");
   run_a.train.max_steps = 6;
   train::Trainer a(run_a, false, true);
   std::vector<double> losses_a;
   for (int i = 0; i < 6; ++i) losses_a.push_back(a.step().loss);
 
-  auto run_b = tiny_config(fresh_dir("resume-b"), "cpu");
+  auto run_b = tiny_config(scratch_dir("resume-b"), "cpu");
   run_b.train.max_steps = 6;
   std::vector<double> losses_b;
   {
@@ -77,7 +74,7 @@ TEST_CASE("resume is bitwise identical to an uninterrupted run (CPU)", "[e2e]") 
 }
 
 TEST_CASE("trainer errors name what is wrong", "[e2e]") {
-  auto cfg = tiny_config(fresh_dir("errors"), "cpu");
+  auto cfg = tiny_config(scratch_dir("errors"), "cpu");
   SECTION("missing shard") {
     cfg.data.train = "/nonexistent/shard.bin";
     CHECK_THROWS_WITH(train::Trainer(cfg, false, true), Catch::Contains("data.train"));
@@ -109,11 +106,11 @@ TEST_CASE("trainer errors name what is wrong", "[e2e]") {
 TEST_CASE("GPU training matches the CPU reference and resumes bitwise", "[gpu][e2e]") {
   UM_REQUIRE_GPU();
   // Same initial weights and data: the first step's loss must agree (f32 tightly, bf16 loosely).
-  auto cpu_cfg = tiny_config(fresh_dir("gpu-cpu"), "cpu");
+  auto cpu_cfg = tiny_config(scratch_dir("gpu-cpu"), "cpu");
   train::Trainer cpu(cpu_cfg, false, true);
   double cpu_loss = cpu.step().loss;
   for (std::string prec : {"fp32", "bf16"}) {
-    auto gcfg = tiny_config(fresh_dir("gpu-" + prec), "cuda");
+    auto gcfg = tiny_config(scratch_dir("gpu-" + prec), "cuda");
     gcfg.train.precision = prec;
     train::Trainer g(gcfg, false, true);
     double gl = g.step().loss;
@@ -125,12 +122,12 @@ TEST_CASE("GPU training matches the CPU reference and resumes bitwise", "[gpu][e
     }
   }
   // Resume on the GPU: bitwise (deterministic kernels).
-  auto ra = tiny_config(fresh_dir("gpu-ra"), "cuda");
+  auto ra = tiny_config(scratch_dir("gpu-ra"), "cuda");
   ra.train.max_steps = 6;
   train::Trainer a(ra, false, true);
   std::vector<double> la, lb;
   for (int i = 0; i < 6; ++i) la.push_back(a.step().loss);
-  auto rb = tiny_config(fresh_dir("gpu-rb"), "cuda");
+  auto rb = tiny_config(scratch_dir("gpu-rb"), "cuda");
   rb.train.max_steps = 6;
   {
     train::Trainer b(rb, false, true);

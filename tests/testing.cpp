@@ -1,11 +1,30 @@
 #include "testing.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "ultramem/ops/elementwise.h"
 
 namespace um::testing {
+
+std::string fresh_dir(const std::string& tag) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::temp_directory_path() / ("ultramem-" + tag + "-" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+nlohmann::json read_config(const std::string& name) {
+  const std::string path = std::string(ULTRAMEM_SOURCE_DIR) + "/configs/" + name;
+  std::ifstream in(path);
+  if (!in) throw Error(path, "a readable config", "it cannot be opened");
+  return nlohmann::json::parse(in, nullptr, true, true);
+}
 
 Tensor randn(const Shape& shape, DType dtype, Device device, uint64_t seed, double scale) {
   std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + 1);

@@ -3,6 +3,8 @@
 #pragma once
 #include <catch2/catch.hpp>
 #include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "ultramem/core/arena.h"
@@ -33,6 +35,12 @@ double gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& forwar
 // backward passes on the same seed).
 std::vector<Tensor> grads_of_projection(const std::function<Tensor(const std::vector<Tensor>&)>& forward,
                                         const std::vector<Tensor>& inputs, const Tensor& R);
+
+// An empty directory under the system's temporary directory, unique to this process:
+// <tmp>/ultramem-<tag>-<pid> (removed first if an earlier run left it).
+std::string fresh_dir(const std::string& tag);
+// configs/<name> of the source tree, parsed.
+nlohmann::json read_config(const std::string& name);
 
 // Turns arena poisoning on for the device's arena during a test.
 struct PoisonArena {
