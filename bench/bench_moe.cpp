@@ -1,8 +1,8 @@
 // MoE layer benchmark: forward + backward of the MoE feed-forward (router, dispatch, grouped expert
 // GEMMs, combine, aux losses) at 16k tokens, d 768, SwiGLU, bf16 activations with f32 master
 // gradients, against the dense SwiGLU MLP of the same active FLOPs in the same binary. Each MoE case runs
-// twice: expert GEMMs as one cublasGemmGroupedBatchedEx call per product ("grouped") and as one
-// cublasGemmEx per expert ("loop"). FLOPs are model FLOPs (6 x active matmul weights x tokens, the
+// with every expert-GEMM path: our sm90 wgmma kernel (the default on Hopper), one
+// cublasGemmGroupedBatchedEx call per product ("grouped") and one cublasGemmEx per expert ("loop"). FLOPs are model FLOPs (6 x active matmul weights x tokens, the
 // router included); the table's last column is the MoE layer's achieved TFLOP/s over the dense layer's.
 // Times: wall clock over `--reps` synchronised iterations after warm-up (the layer synchronises once per
 // forward for the group sizes, so events would measure the same).
@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     // memory outlives a rep).
     x.set_grad(Tensor::zeros({tokens, d}, DType::bf16, dev));
     const Tensor one = Tensor::from_doubles({1.0}, Shape{1}, DType::f32, dev);  // d(total loss)/d(aux loss)
-    std::vector<Row> rows;
+    std::vector<Row> rows, gemm_rows;
     for (const Case& c : cases) {
       // Dense SwiGLU MLP with hidden top_k * h: the same active expert FLOPs.
       Tensor wp = param({2 * c.dense_hidden, d}, 0.02, 3), wo = param({d, c.dense_hidden}, 0.02, 4);
@@ -124,8 +124,11 @@ int main(int argc, char** argv) {
       o.router = {c.top_k, false, 0.01, 0.001};
       const double moe_flops =
           6.0 * double(tokens) * (double(c.top_k) * 3.0 * double(d) * double(c.hidden) + double(d * c.experts));
-      for (std::string mode : {"grouped", "loop"}) {
+      std::vector<std::string> modes = {"grouped", "loop"};
+      if (cuda::grouped_gemm_sm90_available()) modes.insert(modes.begin(), "auto");
+      for (const std::string& mode : modes) {
         cuda::set_grouped_gemm_mode(mode);
+        const std::string label = mode == "auto" ? "sm90 wgmma" : mode;
         std::vector<int64_t> counts;
         auto moe = [&] {
           Tape tape;
@@ -137,7 +140,7 @@ int main(int argc, char** argv) {
           }
           arena_for(dev).reset();
         };
-        Row mr{c.name, "ultramem MoE (" + mode + ")", time_ms(moe, 3, int(reps))};
+        Row mr{c.name, "ultramem MoE (" + label + ")", time_ms(moe, 3, int(reps))};
         mr.tflops = moe_flops / mr.ms * 1e-9;
         mr.vs_dense = mr.tflops / dr.tflops;
         rows.push_back(mr);
@@ -147,11 +150,58 @@ int main(int argc, char** argv) {
                     mr.name.c_str(), mr.impl.c_str(), mr.ms, mr.tflops, mr.vs_dense, (long long)*lo, (long long)*hi);
       }
       cuda::set_grouped_gemm_mode("auto");
+
+      // The first expert GEMM alone (forward + dx + dW) over N k rows in E equal groups, each path,
+      // against one ungrouped linear of the same rows and width (cuBLASLt): the kernels' own speed.
+      {
+        const int64_t R = tokens * c.top_k, width = 2 * c.hidden;
+        Tensor xs = param({R, d}, 1.0, 8), gy = param({R, width}, 1e-2, 9);
+        xs.set_grad(Tensor::zeros({R, d}, DType::bf16, dev));
+        ops::RowGroups g;
+        for (int64_t e = 0; e < c.experts; ++e) g.start.push_back(e * R / c.experts);
+        for (int64_t e = 0; e < c.experts; ++e) g.size.push_back((e + 1) * R / c.experts - g.start[size_t(e)]);
+        const double flops = 6.0 * double(R) * double(d) * double(width);
+        Tensor w0 = param({width, d}, 0.02, 10);
+        auto ungrouped = [&] {
+          Tape tape;
+          {
+            TapeScope scope(tape);
+            tape.backward_from(ops::linear(xs, w0, Tensor()), gy);
+          }
+          arena_for(dev).reset();
+        };
+        Row ur{c.name, "w1 GEMM alone: ungrouped linear", time_ms(ungrouped, 3, int(reps))};
+        ur.tflops = flops / ur.ms * 1e-9;
+        ur.vs_dense = 1.0;
+        gemm_rows.push_back(ur);
+        for (const std::string& mode : modes) {
+          cuda::set_grouped_gemm_mode(mode);
+          auto grouped = [&] {
+            Tape tape;
+            {
+              TapeScope scope(tape);
+              tape.backward_from(ops::grouped_linear(xs, w1, g), gy);
+            }
+            arena_for(dev).reset();
+          };
+          Row gr{c.name, "w1 GEMM alone: " + (mode == "auto" ? std::string("sm90 wgmma") : mode),
+                 time_ms(grouped, 3, int(reps))};
+          gr.tflops = flops / gr.ms * 1e-9;
+          gr.vs_dense = gr.tflops / ur.tflops;
+          gemm_rows.push_back(gr);
+        }
+        cuda::set_grouped_gemm_mode("auto");
+      }
     }
     std::printf("\nMoE layer forward + backward, %lld tokens, d %lld, SwiGLU, bf16, %s\n\n", (long long)tokens,
                 (long long)d, cuda_device_name().c_str());
     std::printf("| case | implementation | ms | TFLOP/s | vs dense TFLOP/s |\n|---|---|---|---|---|\n");
     for (const Row& r : rows)
+      std::printf("| %s | %s | %.3f | %.1f | %.0f%% |\n", r.name.c_str(), r.impl.c_str(), r.ms, r.tflops,
+                  100 * r.vs_dense);
+    std::printf("\nExpert GEMM w1 alone (forward + dx + dW, equal groups) vs the ungrouped linear\n\n");
+    std::printf("| case | implementation | ms | TFLOP/s | vs ungrouped |\n|---|---|---|---|---|\n");
+    for (const Row& r : gemm_rows)
       std::printf("| %s | %s | %.3f | %.1f | %.0f%% |\n", r.name.c_str(), r.impl.c_str(), r.ms, r.tflops,
                   100 * r.vs_dense);
   } catch (const std::exception& e) {

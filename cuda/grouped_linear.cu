@@ -1,5 +1,7 @@
-// CUDA grouped linear: every group's GEMM through cuBLAS in one call (cublasGemmGroupedBatchedEx) or,
-// where cuBLAS declines the type combination, for few groups ("auto") or with UM_GROUPED_GEMM=loop, one
+// CUDA grouped linear. On a Hopper GPU with bf16 tensors and widths that are multiples of 8 (mode
+// "auto", the default): our own wgmma grouped GEMM (grouped_gemm_sm90.cu), one launch per product.
+// Otherwise cuBLAS: every group's GEMM in one call (cublasGemmGroupedBatchedEx) or, where cuBLAS
+// declines the type combination, for few groups ("auto") or with UM_GROUPED_GEMM=loop, one
 // cublasGemmEx per group.
 //
 // Row-major tensors are column-major transposes (as cuda/linear.cu), for group g with n_g rows:
@@ -18,6 +20,7 @@
 #include <cublas_v2.h>
 
 #include "common.cuh"
+#include "grouped_gemm_sm90.cuh"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/grouped_linear.h"
 
@@ -143,6 +146,18 @@ char* byte_ptr_mut(const Tensor& t, int64_t elems) {
   return static_cast<char*>(t.data()) + elems * int64_t(dtype_size(t.dtype()));
 }
 
+// The sm90 kernel takes this product: mode "auto", a Hopper device running the sm_90a code,
+// bf16 operands, 16-byte-aligned rows (widths multiples of 8) and at most sm90::kMaxGroups groups.
+bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
+  if (grouped_gemm_mode() != "auto") return false;
+  const int64_t in = W.dim(2), out = W.dim(1);
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; };
+  return x.dtype() == DType::bf16 && in % 8 == 0 && out % 8 == 0 && groups.count() <= sm90::kMaxGroups &&
+         x.dim(0) < int64_t(INT32_MAX) && aligned(x) && aligned(W) && sm90::available();
+}
+
+sm90::HostGroups host_groups(const ops::RowGroups& groups) { return {groups.start, groups.size}; }
+
 }  // namespace
 
 void set_grouped_gemm_mode(const std::string& mode) {
@@ -152,6 +167,8 @@ void set_grouped_gemm_mode(const std::string& mode) {
   mode_ref() = mode;
 }
 
+bool grouped_gemm_sm90_available() { return sm90::available(); }
+
 std::string grouped_gemm_mode() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return mode_ref();
@@ -160,6 +177,11 @@ std::string grouped_gemm_mode() {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y) {
   const int64_t rows = x.dim(0), in = W.dim(2), out = W.dim(1);
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(y.data(), 0, y.nbytes(), stream()));
+  if (use_sm90(x, W, groups)) {
+    sm90::grouped_gemm_rows(x.data_as<bf16>(), W.data_as<bf16>(), false, y.data_as<bf16>(), out, in,
+                            host_groups(groups), false);
+    return;
+  }
   std::vector<Problem> ps;
   for (int64_t g = 0; g < groups.count(); ++g) {
     const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
@@ -175,17 +197,28 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
                              const GradSlot& dx, const GradSlot& dW) {
   const int64_t rows = x.dim(0), in = W.dim(2), out = W.dim(1);
   const cudaDataType_t t = type_of(x.dtype());
+  const bool sm90_ok = use_sm90(x, W, groups) && reinterpret_cast<uintptr_t>(dy.data()) % 16 == 0;
   if (dx) {
     if (!dx.accumulate && !groups.covers(rows) && rows > 0)
       UM_CUDA(cudaMemsetAsync(dx.grad.data(), 0, dx.grad.nbytes(), stream()));
-    std::vector<Problem> ps;
-    for (int64_t g = 0; g < groups.count(); ++g) {
-      const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
-      if (n == 0) continue;
-      ps.push_back({CUBLAS_OP_N, CUBLAS_OP_N, int(in), int(n), int(out), byte_ptr(W, g * out * in), int(in),
-                    byte_ptr(dy, s * out), int(out), byte_ptr_mut(dx.grad, s * in), int(in)});
+    if (sm90_ok) {  // dx = dy . W_g: W_g [out, in] is the MN-major B of a product over out
+      sm90::grouped_gemm_rows(dy.data_as<bf16>(), W.data_as<bf16>(), true, dx.grad.data_as<bf16>(), in, out,
+                              host_groups(groups), dx.accumulate);
+    } else {
+      std::vector<Problem> ps;
+      for (int64_t g = 0; g < groups.count(); ++g) {
+        const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
+        if (n == 0) continue;
+        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_N, int(in), int(n), int(out), byte_ptr(W, g * out * in), int(in),
+                      byte_ptr(dy, s * out), int(out), byte_ptr_mut(dx.grad, s * in), int(in)});
+      }
+      run_problems(ps, t, t, dx.accumulate, x.device());
     }
-    run_problems(ps, t, t, dx.accumulate, x.device());
+  }
+  if (dW && sm90_ok && dW.grad.dtype() == DType::f32) {
+    sm90::grouped_gemm_weights(dy.data_as<bf16>(), x.data_as<bf16>(), dW.grad.data_as<float>(), out, in,
+                               host_groups(groups), dW.accumulate);
+    return;
   }
   if (dW) {
     std::vector<Problem> ps;

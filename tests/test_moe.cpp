@@ -483,6 +483,72 @@ TEST_CASE("moe dispatch and grouped linear CUDA match CPU: odd sizes, empty expe
   }
 }
 
+TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empty groups, gaps, accumulate", "[gpu][moe]") {
+  UM_REQUIRE_GPU();
+#if ULTRAMEM_CUDA
+  // On a Hopper device the bf16 path must be the sm90 kernel (a silent cuBLAS fallback would leave the
+  // kernel untested); elsewhere this case checks the cuBLAS path with the same shapes.
+  if (cuda_device_name().find("H100") != std::string::npos || cuda_device_name().find("H200") != std::string::npos)
+    REQUIRE(cuda::grouped_gemm_sm90_available());
+#endif
+  PoisonArena poison(Device::cuda());
+  struct Case {
+    int64_t in, out;
+    std::vector<int64_t> sizes;  // consecutive groups; a negative size is a gap of rows in no group
+  };
+  const std::vector<Case> cases = {
+      {64, 136, {0, 1, 127, 128, 129, 0, 300}},         // m-tile edges, empty groups, n tail (136 = 128 + 8)
+      {200, 72, {5, -3, 260, 0, -17, 64}},              // k tail (200 = 3 x 64 + 8), rows outside every group
+      {768, 816, {517, 1, 0, 250}},                     // the olmoe expert width (816 = 2 x 408)
+      {408, 768, {131, 385}},                           // its down projection (k 408)
+  };
+  for (const Case& c : cases) {
+    ops::RowGroups g;
+    int64_t rows = 0;
+    for (int64_t sz : c.sizes) {
+      if (sz < 0) {
+        rows -= sz;
+        continue;
+      }
+      g.start.push_back(rows), g.size.push_back(sz);
+      rows += sz;
+    }
+    const int64_t G = g.count();
+    INFO("in " << c.in << " out " << c.out << " rows " << rows << " groups " << G);
+    const Tensor x = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 90), DType::bf16);
+    const Tensor W = rounded(randn({G, c.out, c.in}, DType::f32, Device::cpu(), 91, 0.1), DType::bf16);
+    const Tensor dy = rounded(randn({rows, c.out}, DType::f32, Device::cpu(), 92), DType::bf16);
+    const Tensor dx0 = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 93), DType::bf16);
+    const Tensor dW0 = randn({G, c.out, c.in}, DType::f32, Device::cpu(), 94);
+    for (bool acc : {false, true}) {
+      INFO("accumulate " << acc);
+      auto run = [&](Device dev) {
+        const DType dt = dev.is_cuda() ? DType::bf16 : DType::f32;
+        Tensor gx = convert(x, dt, dev), gW = convert(W, dt, dev), gdy = convert(dy, dt, dev);
+        Tensor y = nan_filled({rows, c.out}, dt, dev);
+        ops::grouped_linear_forward(gx, gW, g, y);
+        Tensor dx = acc ? convert(dx0, dt, dev) : nan_filled({rows, c.in}, dt, dev);
+        Tensor dW = acc ? dW0.to(dev) : nan_filled(W.shape(), DType::f32, dev);
+        ops::grouped_linear_backward(gx, gW, gdy, g, GradSlot{dx, acc}, GradSlot{dW, acc});
+        return std::vector<std::vector<double>>{y.to_doubles(), dx.to_doubles(), dW.to_doubles()};
+      };
+      const auto ref = run(Device::cpu()), gpu = run(Device::cuda()), again = run(Device::cuda());
+      CHECK(rel_error(gpu[0], ref[0]) < kTolBF16);
+      CHECK(rel_error(gpu[1], ref[1]) < kTolBF16);
+      CHECK(rel_error(gpu[2], ref[2]) < 1e-4);  // f32 master gradient of bf16 products
+      // Rows outside every group: y = 0, dx = 0 (accumulate: unchanged) exactly.
+      for (int64_t r = 0, gi = 0; r < rows; ++r) {
+        while (gi < G && g.start[size_t(gi)] + g.size[size_t(gi)] <= r) ++gi;
+        if (gi < G && r >= g.start[size_t(gi)]) continue;
+        CHECK(gpu[0][size_t(r * c.out)] == 0.0);
+        CHECK(gpu[1][size_t(r * c.in)] == ref[1][size_t(r * c.in)]);
+      }
+      for (size_t i = 0; i < gpu.size(); ++i) CHECK(gpu[i] == again[i]);  // bitwise reproducible
+      arena_for(Device::cpu()).reset();
+    }
+  }
+}
+
 TEST_CASE("moe layer CUDA matches CPU forward and backward, f32 and bf16, deterministic", "[gpu][moe]") {
   UM_REQUIRE_GPU();
   PoisonArena poison(Device::cuda());

@@ -1,0 +1,42 @@
+// Hopper (sm_90a) grouped GEMM for the expert matmuls of a mixture-of-experts layer: every group's
+// product in one launch, on the tensor cores' warpgroup MMA (wgmma), bf16 in, fp32 accumulate.
+//
+// One CTA computes a 128 x 128 tile of C = A . B^T (two warpgroups of 64 rows each) over k-steps of 64,
+// fed by a 5-stage cp.async pipeline into 128-byte-swizzled shared memory; zero-filled copies make
+// every edge (a group's last rows, the k tail, the n tail) exact without padding the tensors. The two
+// kinds of product the layer needs:
+//   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
+//            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g)
+//   weights: C_g[m, n] = sum over the group's rows r of A[r, m] B[r, n] (dW_g = dy_g^T x_g), both MN-major
+// Every output element is written by exactly one thread in a fixed order: deterministic.
+// Requirements (checked by `supports`): bf16 operands, widths (K, N and the leading dimensions) multiples
+// of 8 and 16-byte-aligned pointers, at most kMaxGroups groups, a compute capability 9.0 device.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "common.cuh"
+
+namespace um::cuda::sm90 {
+
+constexpr int kMaxGroups = 1024;
+
+// True when this build carries sm_90a code and the current device runs it (compute capability 9.0).
+bool available();
+
+struct HostGroups {
+  std::vector<int64_t> start, size;  // rows of each group in the row-major operands
+};
+
+// rows: C (bf16 [rows, N], ldc = N) = A (bf16 [rows, K]) . B_g^T for each group's rows; B_g at
+// b + g * N * K, K-major ([N, K]) or, with b_mn_major, MN-major ([K, N]). Rows outside every group are
+// not written. accumulate: C += instead of C =.
+void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, int64_t N, int64_t K,
+                       const HostGroups& groups, bool accumulate);
+
+// weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16
+// [rows, M], B bf16 [rows, N]. An empty group writes C_g = 0 (accumulate: leaves it).
+void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const HostGroups& groups,
+                          bool accumulate);
+
+}  // namespace um::cuda::sm90
