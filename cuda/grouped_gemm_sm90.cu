@@ -1,23 +1,27 @@
 // Hopper grouped GEMM (see grouped_gemm_sm90.cuh).
 //
-// Shared memory per stage: the A tile (128 rows x 64 k, bf16) and the B tile (BN rows x 64 k). A K-major
-// tile stores row r's 64 k-values as 8 chunks of 16 bytes at r * 128 + ((chunk ^ (r % 8)) * 16) (the
-// 128-byte swizzle the tensor cores read without bank conflicts); an MN-major tile stores 64-wide panels
-// of [64 k rows][64 mn], 8 KiB apart, each row swizzled the same way. wgmma reads both through matrix
-// descriptors (start address, leading and stride byte offsets, swizzle mode), advancing 32 bytes
-// (K-major) or 16 rows (MN-major) per k16 step.
+// Warp-specialised: one producer warpgroup (a single thread issues the copies) and two consumer
+// warpgroups (64 rows of the 128 x BN tile each). The producer moves each k-step's tiles with the tensor
+// memory accelerator (cp.async.bulk.tensor, from tensor maps passed as kernel parameters) into one of
+// STAGES shared-memory slots and the copy engine signals the slot's "full" mbarrier with the bytes; the
+// consumers wait on it, issue the k-step's four wgmmas, and once the previous k-step's batch has finished
+// (wgmma.wait_group 1) free that slot through its "empty" mbarrier. So copies run STAGES - 1 k-steps
+// ahead, the tensor cores always have the next batch queued, and no thread spends issue slots on copies.
 //
-// Two tile shapes (Tile below), both two consumer warpgroups of 64 rows:
-//   wide   128 x 256, 4 stages (192 KiB), one CTA per SM; copies run 3 stages ahead. After issuing
-//          batch kt each warpgroup waits for batch kt - 1 only (wait_group 1) and a second barrier
-//          frees its slot for the next copies, so batch kt stays queued on the tensor cores meanwhile.
-//   narrow 128 x 128, 3 stages (96 KiB), two CTAs per SM; copies run 2 stages ahead and each batch is
-//          waited for (wait_group 0); the other CTA on the SM fills the gaps and overlaps this one's
-//          prologue and epilogue.
-// The widest tile whose n-padding is no worse is used (256 for 768 columns, 128 for 1632).
+// Shared-memory tiles use the 128-byte swizzle on both sides (the copy engine writes it, wgmma reads it
+// through matrix descriptors): a K-major tile is ROWS x 128 bytes (64 k-values per row); an MN-major tile
+// is 64-wide panels of [64 k rows][64 mn], 8 KiB apart.
+// Edges: rows past a group's end (rows kernel) and columns past N are computed from whatever the copy
+// brought and never stored; a k tail past the tensor is zero-filled by the copy engine; in the weights
+// kernel, whose k runs over a group's rows, the consumers zero the rows past the group's end before the
+// last k-step.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "grouped_gemm_sm90.cuh"
@@ -28,20 +32,18 @@
 namespace um::cuda::sm90 {
 namespace {
 
-constexpr int kBM = 128, kBK = 64, kThreads = 256;
+constexpr int kBM = 128, kBK = 64, kThreads = 384;  // producer + two consumer warpgroups
 
-template <int BN, int STAGES, bool OVERLAP>
+template <int BN, int STAGES>
 struct Tile {
   static constexpr int kBN = BN, kStages = STAGES;
-  static constexpr bool kOverlap = OVERLAP;
-  static constexpr int kPrefetch = STAGES - 1;  // stages in flight ahead
-  static constexpr int kMinBlocks = OVERLAP ? 1 : 2;
   static constexpr int kAcc = BN / 2;  // fp32 accumulators per thread (64 rows x BN per warpgroup)
-  static constexpr int kABytes = kBM * kBK * 2, kStageBytes = (kBM + BN) * kBK * 2;
-  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + room to align the base to 1024
+  static constexpr int kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
+  // + room to align the base to 1024 (the swizzle's period) + the 2 x STAGES mbarriers
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024 + 2 * STAGES * 8;
 };
-using Wide = Tile<256, 4, true>;
-using Narrow = Tile<128, 3, false>;
+using Wide = Tile<256, 4>;    // 192 KiB of stages
+using Narrow = Tile<128, 6>;  // 192 KiB of stages, for widths a 256 tile would pad more
 
 // Group table as a kernel parameter (12 KiB: parameters may be up to 32 KiB since CUDA 12.1): no upload,
 // no synchronisation. tile_start[g]: the first m-tile of group g in the "rows" grid.
@@ -53,14 +55,14 @@ struct Groups {
 };
 
 struct Args {
-  const bf16* a;
-  const bf16* b;
   void* c;
-  int64_t lda, ldb, ldc;
-  int64_t b_group_stride, c_group_stride;  // elements between consecutive groups' B (rows) / C (weights)
-  int M, N, K;                             // rows: N, K; weights: M, N (K is the group's size)
+  int64_t ldc, c_group_stride;  // weights: elements between consecutive groups' C
+  int M, N, K;                  // rows: N, K (M from the groups); weights: M, N (K is the group's size)
   int accumulate;
 };
+
+// The three products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW).
+enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define UM_SM90_DEVICE 1
@@ -70,18 +72,40 @@ struct Args {
 // empty kernels, which `available` never lets run.
 #if defined(UM_SM90_DEVICE) || !defined(__CUDA_ARCH__)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the barrier's phase of this parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
 }
 
-// 16-byte copy global -> shared; ok == false writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+__device__ __forceinline__ void tma_2d(uint32_t dst, const CUtensorMap& map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+__device__ __forceinline__ void tma_3d(uint32_t dst, const CUtensorMap& map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
 }
 
 // Matrix descriptor: start address, leading / stride byte offsets (all >> 4), 128-byte swizzle.
@@ -92,9 +116,9 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
 // K-major: 8-row core groups 1024 bytes apart, the leading offset unused with a swizzle (1 by convention).
 // MN-major: 64-wide mn panels 8192 bytes apart (leading), 8-k-row groups 1024 bytes apart (stride).
 template <bool kMN>
-__device__ __forceinline__ uint64_t operand_desc(uint32_t tile, int kk) {
-  if constexpr (kMN) return make_desc(tile + uint32_t(kk) * 2048u, 8192u, 1024u);
-  else return make_desc(tile + uint32_t(kk) * 32u, 16u, 1024u);
+__device__ __forceinline__ uint64_t operand_desc(uint32_t tile) {
+  if constexpr (kMN) return make_desc(tile, 8192u, 1024u);
+  else return make_desc(tile, 16u, 1024u);
 }
 
 // wgmma m64 x n x k16, f32 += bf16 . bf16; n = 2 x the accumulator count (128 or 256).
@@ -170,114 +194,6 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// Copies one operand's ROWS x 64 tiles, k-step after k-step. K-major: element (mn, k) at src[mn * ld + k];
-// MN-major: src[k * ld + mn]. Elements with mn >= mn_end or k >= k_end are zeros (both multiples of 8).
-// Everything that does not change with the k-step (this thread's first source element, shared-memory
-// offset and which of its copies lie inside mn_end) is computed once, so a k-step costs a few
-// instructions per 16-byte copy: with two warps per scheduler, issue slots are what the loop runs on.
-template <bool kMN, int ROWS>
-struct TileLoader {
-  static constexpr int kChunks = ROWS * kBK / 8 / kThreads;  // 16-byte copies per thread per k-step
-  static constexpr int kPerK = ROWS / 8;                      // MN-major: copies per k row
-  // Between this thread's consecutive copies: K-major 32 rows, MN-major kThreads / kPerK k rows, and
-  // (the swizzle phase being the same) a fixed number of shared-memory bytes.
-  static constexpr int kLineStep = kMN ? kThreads / kPerK : kThreads / 8;
-  static constexpr uint32_t kDstStep = uint32_t(kLineStep) * 128u;
-  const bf16* base;  // the tensor (a safe address for zero-filling copies)
-  const bf16* src;   // this thread's first copy at k-step 0
-  int64_t line;      // elements between consecutive copies (kLineStep rows or k rows)
-  int64_t step;      // elements per k-step
-  uint32_t dst;      // offset of this thread's first copy in the tile
-  uint32_t valid;    // bit i: copy i's mn coordinate is below mn_end
-  int k_first, k_end;
-
-  __device__ __forceinline__ TileLoader(const bf16* t, int64_t ld, int mn0, int mn_end, int k_len, int tid)
-      : base(t), line(int64_t(kLineStep) * ld), k_end(k_len) {
-    valid = 0;
-    if constexpr (!kMN) {
-      const int r = tid >> 3, j = tid & 7;
-      src = t + int64_t(mn0 + r) * ld + j * 8;
-      step = kBK;
-      dst = uint32_t(r * 128 + ((j ^ (r & 7)) << 4));
-      k_first = j * 8;
-#pragma unroll
-      for (int i = 0; i < kChunks; ++i) valid |= uint32_t(mn0 + r + i * kLineStep < mn_end) << i;
-    } else {
-      const int kr = tid / kPerK, q = tid % kPerK;
-      src = t + int64_t(kr) * ld + mn0 + q * 8;
-      step = int64_t(kBK) * ld;
-      dst = uint32_t((q >> 3) * 8192 + kr * 128 + (((q & 7) ^ (kr & 7)) << 4));
-      k_first = kr;
-      if (mn0 + q * 8 < mn_end) valid = (1u << kChunks) - 1;
-    }
-  }
-
-  __device__ __forceinline__ void load(uint32_t tile, int kt) const {
-    const bf16* p = src + kt * step;
-    const int k = kt * kBK + k_first;
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const bool ok = ((valid >> i) & 1u) && (kMN ? k + i * kLineStep : k) < k_end;
-      cp_async16(tile + dst + uint32_t(i) * kDstStep, ok ? p + i * line : base, ok);
-    }
-  }
-};
-
-// acc = A[m0.., k] . B[n0.., k]^T over k in [0, k_len) for this CTA's 128 x BN tile.
-template <class T, bool kAmn, bool kBmn>
-__device__ __forceinline__ void mainloop(float (&acc)[T::kAcc], uint8_t* smem, const bf16* a, int64_t lda, int m0,
-                                         int m_end, const bf16* b, int64_t ldb, int n0, int n_end, int k_len) {
-  const int tid = threadIdx.x, wg = tid >> 7;
-  const uint32_t base = (smem_addr(smem) + 1023u) & ~1023u;
-  auto a_slot = [&](int s) { return base + uint32_t(s * T::kStageBytes); };
-  auto b_slot = [&](int s) { return base + uint32_t(s * T::kStageBytes + T::kABytes); };
-  const TileLoader<kAmn, kBM> la(a, lda, m0, m_end, k_len, tid);
-  const TileLoader<kBmn, T::kBN> lb(b, ldb, n0, n_end, k_len, tid);
-  auto load = [&](int s, int kt) {
-    la.load(a_slot(s), kt);
-    lb.load(b_slot(s), kt);
-  };
-  // Descriptors of k16 step 0 in stage 0; a stage and a k16 step only add to the address field.
-  // This warpgroup's 64 rows: K-major rows 64 wg.. (8 KiB in), MN-major panel wg (also 8 KiB in).
-  const uint64_t da0 = operand_desc<kAmn>(a_slot(0) + uint32_t(wg) * 8192u, 0), db0 = operand_desc<kBmn>(b_slot(0), 0);
-  constexpr uint64_t kStageField = T::kStageBytes >> 4;
-  constexpr uint64_t kKkA = (kAmn ? 2048 : 32) >> 4, kKkB = (kBmn ? 2048 : 32) >> 4;
-  const int kt_count = (k_len + kBK - 1) / kBK;
-#pragma unroll
-  for (int s = 0; s < T::kPrefetch; ++s) {
-    if (s < kt_count) load(s, s);
-    cp_async_commit();
-  }
-#pragma unroll
-  for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
-  for (int kt = 0; kt < kt_count; ++kt) {
-    cp_async_wait<T::kPrefetch - 1>();
-    fence_proxy_async();  // the copies (generic proxy) before the tensor cores' reads (async proxy)
-    __syncthreads();
-    const uint64_t stage = uint64_t(kt % T::kStages) * kStageField;
-    fence_regs(acc);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk)
-      wgmma_m64k16<kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
-    wgmma_commit();
-    // The copies below overwrite the slot batch kt - 1 read: every warpgroup must be done with it.
-    // overlap: batch kt stays queued behind it on the tensor cores while the barrier and copies run.
-    if constexpr (T::kOverlap) {
-      wgmma_wait<1>();
-      __syncthreads();
-    } else {
-      wgmma_wait<0>();
-    }
-    fence_regs(acc);
-    const int next = kt + T::kPrefetch;
-    if (next < kt_count) load(next % T::kStages, next);
-    cp_async_commit();
-  }
-  wgmma_wait<0>();
-  fence_regs(acc);
-}
-
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1, bool accumulate) {
   if (accumulate) {
     const __nv_bfloat162 o = *reinterpret_cast<const __nv_bfloat162*>(p);
@@ -295,12 +211,12 @@ __device__ __forceinline__ void store_pair(float* p, float v0, float v1, bool ac
 }
 
 // The wgmma accumulator layout: thread (warp w of its warpgroup, lane l) holds rows 16 w + l / 4 (+ 8)
-// and, per 8-column block j, columns 8 j + 2 (l % 4) (+ 1): d[4 j + 2 i + c].
+// and, per 8-column block j, columns 8 j + 2 (l % 4) (+ 1): d[4 j + 2 i + c]. cw: the consumer warpgroup.
 template <class T, typename OutT>
-__device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], OutT* c, int64_t ldc, int m0, int m_end,
-                                           int n0, int n_end, bool accumulate) {
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-  const int row0 = m0 + wg * 64 + warp * 16 + (lane >> 2);
+__device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], int cw, OutT* c, int64_t ldc, int m0,
+                                           int m_end, int n0, int n_end, bool accumulate) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int row0 = m0 + cw * 64 + warp * 16 + (lane >> 2);
 #pragma unroll
   for (int j = 0; j < T::kBN / 8; ++j) {
     const int col = n0 + j * 8 + (lane & 3) * 2;
@@ -315,42 +231,115 @@ __device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], OutT* c,
 
 #endif  // the device code proper
 
-// "rows": blockIdx.x = n-tile, blockIdx.y = m-tile over all groups (tile_start maps it to its group).
-template <class T, bool kBmn>
-__global__ void __launch_bounds__(kThreads, T::kMinBlocks)
-    rows_kernel(const __grid_constant__ Groups groups, const Args args) {
+// One CTA: a 128 x BN tile of C. rows modes: blockIdx.x = n-tile, blockIdx.y = m-tile over all groups
+// (tile_start maps it to its group); weights: blockIdx.x = n-tile, blockIdx.y = m-tile, blockIdx.z = group.
+template <class T, int kMode>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                const __grid_constant__ Groups groups, const Args args) {
 #ifdef UM_SM90_DEVICE
-  extern __shared__ uint8_t smem[];
-  const int tile = int(blockIdx.y);
-  int lo = 0, hi = groups.count - 1;  // the last group whose tile_start <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (groups.tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
+  constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
+  int g, m0, m_end, k_len, row_base = 0;
+  if constexpr (kMode == kWeights) {
+    g = int(blockIdx.z), m0 = int(blockIdx.y) * kBM, m_end = args.M;
+    row_base = groups.start[g], k_len = groups.size[g];
+  } else {
+    const int tile = int(blockIdx.y);
+    int lo = 0, hi = groups.count - 1;  // the last group whose tile_start <= tile
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (groups.tile_start[mid] <= tile) lo = mid;
+      else hi = mid - 1;
+    }
+    g = lo;
+    m0 = groups.start[g] + (tile - groups.tile_start[g]) * kBM, m_end = groups.start[g] + groups.size[g];
+    k_len = args.K;
   }
-  const int g = lo;
-  const int m0 = groups.start[g] + (tile - groups.tile_start[g]) * kBM, m_end = groups.start[g] + groups.size[g];
-  const int n0 = int(blockIdx.x) * T::kBN;
-  float acc[T::kAcc];
-  mainloop<T, false, kBmn>(acc, smem, args.a, args.lda, m0, m_end, args.b + int64_t(g) * args.b_group_stride,
-                           args.ldb, n0, args.N, args.K);
-  store_tile<T>(acc, static_cast<bf16*>(args.c), args.ldc, m0, m_end, n0, args.N, args.accumulate != 0);
-#endif
-}
+  const int n0 = int(blockIdx.x) * T::kBN, kt_count = (k_len + kBK - 1) / kBK;
+  const int wg = int(threadIdx.x) >> 7;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; ++s) mbar_init(full0 + 8u * s, 1), mbar_init(empty0 + 8u * s, 2);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
 
-// "weights": blockIdx.x = n-tile, blockIdx.y = m-tile, blockIdx.z = group; k runs over the group's rows.
-template <class T>
-__global__ void __launch_bounds__(kThreads, T::kMinBlocks)
-    weights_kernel(const __grid_constant__ Groups groups, const Args args) {
-#ifdef UM_SM90_DEVICE
-  extern __shared__ uint8_t smem[];
-  const int g = int(blockIdx.z), m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * T::kBN;
-  const int64_t s = groups.start[g];
+  if (wg == 0) {  // producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x != 0) return;
+    for (int kt = 0; kt < kt_count; ++kt) {
+      const int s = kt % T::kStages;
+      if (kt >= T::kStages) mbar_wait(empty0 + 8u * s, uint32_t(((kt / T::kStages) & 1) ^ 1));
+      const uint32_t full = full0 + 8u * s, a = base + uint32_t(s * T::kStageBytes), b = a + T::kABytes;
+      const int k0 = kt * kBK;
+      mbar_expect_tx(full, T::kStageBytes);
+      if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
+#pragma unroll
+        for (int p = 0; p < kBM / 64; ++p) tma_2d(a + 8192u * p, map_a, m0 + 64 * p, row_base + k0, full);
+#pragma unroll
+        for (int p = 0; p < T::kBN / 64; ++p) tma_2d(b + 8192u * p, map_b, n0 + 64 * p, row_base + k0, full);
+      } else {
+        tma_2d(a, map_a, k0, m0, full);  // the rows' 128 x 64 K-major tile
+        if constexpr (kMode == kRowsKB) {
+          tma_2d(b, map_b, k0, g * args.N + n0, full);  // W [G N, K]: BN x 64
+        } else {
+#pragma unroll
+          for (int p = 0; p < T::kBN / 64; ++p) tma_3d(b + 8192u * p, map_b, n0 + 64 * p, k0, g, full);  // W [G][K][N]
+        }
+      }
+    }
+    return;
+  }
+
+  // consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int cw = wg - 1;
   float acc[T::kAcc];
-  mainloop<T, true, true>(acc, smem, args.a + s * args.lda, args.lda, m0, args.M, args.b + s * args.ldb, args.ldb, n0,
-                          args.N, groups.size[g]);
-  store_tile<T>(acc, static_cast<float*>(args.c) + int64_t(g) * args.c_group_stride, args.ldc, m0, args.M, n0,
-                args.N, args.accumulate != 0);
+#pragma unroll
+  for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
+  constexpr uint64_t kStageField = T::kStageBytes >> 4;
+  constexpr uint64_t kKkA = (kAmn ? 2048 : 32) >> 4, kKkB = (kBmn ? 2048 : 32) >> 4;
+  // This warpgroup's 64 rows: K-major rows 64 cw.. (8 KiB in), MN-major panel cw (also 8 KiB in).
+  const uint64_t da0 = operand_desc<kAmn>(base + uint32_t(cw) * 8192u), db0 = operand_desc<kBmn>(base + T::kABytes);
+  for (int kt = 0; kt < kt_count; ++kt) {
+    const int s = kt % T::kStages;
+    mbar_wait(full0 + 8u * s, uint32_t((kt / T::kStages) & 1));
+    if constexpr (kMode == kWeights) {
+      const int valid = k_len - kt * kBK;  // rows of this k-step inside the group
+      if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
+        constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
+        const uint32_t tile = base + uint32_t(s * T::kStageBytes);
+        for (int c = int(threadIdx.x) - 128; c < kChunks; c += 256) {
+          const int panel = c / (kBK * 8), row = (c / 8) % kBK;
+          if (row >= valid)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (c % 8) * 16)),
+                         "r"(0)
+                         : "memory");
+        }
+        fence_proxy_async();  // ordinary stores before the tensor cores read them
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+      }
+    }
+    const uint64_t stage = uint64_t(s) * kStageField;
+    fence_regs(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk)
+      wgmma_m64k16<kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
+    wgmma_commit();
+    wgmma_wait<1>();  // batch kt - 1 has finished: its slot is free
+    fence_regs(acc);
+    if (kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty0 + 8u * ((kt - 1) % T::kStages));
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  if constexpr (kMode == kWeights)
+    store_tile<T>(acc, cw, static_cast<float*>(args.c) + int64_t(g) * args.c_group_stride, args.ldc, m0, m_end, n0,
+                  args.N, args.accumulate != 0);
+  else
+    store_tile<T>(acc, cw, static_cast<bf16*>(args.c), args.ldc, m0, m_end, n0, args.N, args.accumulate != 0);
 #endif
 }
 
@@ -362,12 +351,41 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
+// cuTensorMapEncodeTiled from the driver (through the runtime: no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    UM_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    UM_CHECK(q == cudaDriverEntryPointSuccess && p, "the driver's cuTensorMapEncodeTiled", int(q));
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A bf16 tensor map with the 128-byte swizzle; dims and boxes innermost first, strides in elements.
+template <int R>
+CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_t (&strides)[R - 1],
+                       const uint32_t (&box)[R]) {
+  CUtensorMap map;
+  cuuint64_t d[R], st[R > 1 ? R - 1 : 1];
+  cuuint32_t b[R], e[R];
+  for (int i = 0; i < R; ++i) d[i] = dims[i], b[i] = box[i], e[i] = 1;
+  for (int i = 0; i + 1 < R; ++i) st[i] = strides[i] * 2;
+  const CUresult r = encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, R, const_cast<void*>(ptr), d, st, b, e,
+                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  UM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled to accept the sm90 grouped GEMM's operand", int(r));
+  return map;
+}
+
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
 template <auto K>
-void launch(int smem_bytes, const dim3& grid, const Groups& g, const Args& args) {
+void launch(int smem_bytes, const dim3& grid, const CUtensorMap& a, const CUtensorMap& b, const Groups& g,
+            const Args& args) {
   static const cudaError_t raised = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   UM_CUDA(raised);
-  K<<<grid, kThreads, smem_bytes, stream()>>>(g, args);
+  K<<<grid, kThreads, smem_bytes, stream()>>>(a, b, g, args);
   UM_CUDA_LAUNCHED();
 }
 
@@ -398,16 +416,32 @@ void fill_groups(Groups& g, const HostGroups& h) {
 }
 
 template <class T>
-void rows(const Groups& g, const Args& args, bool b_mn_major) {
+void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool b_mn_major, int64_t rows_total) {
+  const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
+  const CUtensorMap ma = tensor_map<2>(a, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
   const dim3 grid(ceil_div(args.N, T::kBN), unsigned(g.tile_start[g.count]));
-  if (b_mn_major) launch<rows_kernel<T, true>>(T::kSmemBytes, grid, g, args);
-  else launch<rows_kernel<T, false>>(T::kSmemBytes, grid, g, args);
+  if (b_mn_major) {  // W [G][K][N]: 64 x 64 panels
+    const CUtensorMap mb = tensor_map<3>(b, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
+    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, grid, ma, mb, g, args);
+  } else {  // W [G N, K]: BN x 64 tiles
+    const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), uint32_t(T::kBN)});
+    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, grid, ma, mb, g, args);
+  }
 }
 
 template <class T>
-void weights(const Groups& g, const Args& args) {
+void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, int64_t rows_total) {
+  const uint64_t M = uint64_t(args.M), N = uint64_t(args.N), R = uint64_t(std::max<int64_t>(rows_total, 1));
+  const CUtensorMap ma = tensor_map<2>(a, {M, R}, {M}, {64u, uint32_t(kBK)});
+  const CUtensorMap mb = tensor_map<2>(b, {N, R}, {N}, {64u, uint32_t(kBK)});
   const dim3 grid(ceil_div(args.N, T::kBN), ceil_div(args.M, kBM), unsigned(g.count));
-  launch<weights_kernel<T>>(T::kSmemBytes, grid, g, args);
+  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, grid, ma, mb, g, args);
+}
+
+int64_t rows_end(const HostGroups& h) {
+  int64_t end = 0;
+  for (size_t i = 0; i < h.size.size(); ++i) end = std::max(end, h.start[i] + h.size[i]);
+  return end;
 }
 
 }  // namespace
@@ -437,18 +471,20 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   thread_local Groups g;  // 12 KiB: built on the host per call, copied into the launch's parameters
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{a, b, c, K, b_mn_major ? N : K, N, N * K, 0, 0, int(N), int(K), accumulate ? 1 : 0};
-  if (wide_for(N)) rows<Wide>(g, args, b_mn_major);
-  else rows<Narrow>(g, args, b_mn_major);
+  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0};
+  const int64_t R = rows_end(groups);
+  if (wide_for(N)) rows<Wide>(g, args, a, b, b_mn_major, R);
+  else rows<Narrow>(g, args, a, b, b_mn_major, R);
 }
 
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const HostGroups& groups,
                           bool accumulate) {
   thread_local Groups g;
   fill_groups(g, groups);
-  const Args args{a, b, c, M, N, N, 0, M * N, int(M), int(N), 0, accumulate ? 1 : 0};
-  if (wide_for(N)) weights<Wide>(g, args);
-  else weights<Narrow>(g, args);
+  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0};
+  const int64_t R = rows_end(groups);
+  if (wide_for(N)) weights<Wide>(g, args, a, b, R);
+  else weights<Narrow>(g, args, a, b, R);
 }
 
 }  // namespace um::cuda::sm90

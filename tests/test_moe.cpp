@@ -496,11 +496,17 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
     int64_t in, out;
     std::vector<int64_t> sizes;  // consecutive groups; a negative size is a gap of rows in no group
   };
+  // More than 16 non-empty groups each, so "auto" takes the kernel (the repeats multiply a pattern).
+  auto repeat = [](std::vector<int64_t> p, int times) {
+    std::vector<int64_t> out;
+    for (int i = 0; i < times; ++i) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
   const std::vector<Case> cases = {
-      {64, 136, {0, 1, 127, 128, 129, 0, 300}},         // m-tile edges, empty groups, n tail (136 = 128 + 8)
-      {200, 72, {5, -3, 260, 0, -17, 64}},              // k tail (200 = 3 x 64 + 8), rows outside every group
-      {768, 816, {517, 1, 0, 250}},                     // the olmoe expert width (816 = 2 x 408)
-      {408, 768, {131, 385}},                           // its down projection (k 408)
+      {64, 136, repeat({0, 1, 127, 128, 129, 0, 300}, 4)},  // m-tile edges, empty groups, n tail (136 = 128 + 8)
+      {200, 72, repeat({5, -3, 260, 0, -17, 64}, 6)},       // k tail (200 = 3 x 64 + 8), rows outside every group
+      {768, 816, repeat({130, 1, 0, 61}, 6)},               // the olmoe expert width (816 = 2 x 408)
+      {408, 768, repeat({131, 65}, 9)},                     // its down projection (k 408)
   };
   for (const Case& c : cases) {
     ops::RowGroups g;
