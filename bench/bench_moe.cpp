@@ -2,8 +2,9 @@
 // GEMMs, combine, aux losses) at 16k tokens, d 768, SwiGLU, bf16 activations with f32 master
 // gradients, against the dense SwiGLU MLP of the same active FLOPs in the same binary. Each MoE case runs
 // with every expert-GEMM path: our sm90 TMA + wgmma kernel ("sm90"; the default above 16 experts), one
-// cublasGemmGroupedBatchedEx call per product ("grouped") and one cublasGemmEx per expert ("loop"). FLOPs are model FLOPs (6 x active matmul weights x tokens, the
-// router included); the table's last column is the MoE layer's achieved TFLOP/s over the dense layer's.
+// cublasGemmGroupedBatchedEx call per product ("grouped") and one cublasGemmEx per expert ("loop").
+// FLOPs are model FLOPs (6 x active matmul weights x tokens, the router included); the table's last
+// column is the MoE layer's achieved TFLOP/s over the dense layer's.
 // Times: wall clock over `--reps` synchronised iterations after warm-up (the layer synchronises once per
 // forward for the group sizes, so events would measure the same).
 //

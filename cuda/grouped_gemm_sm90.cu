@@ -231,34 +231,47 @@ __device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], int cw, 
 
 #endif  // the device code proper
 
-// One CTA: a 128 x BN tile of C. rows modes: blockIdx.x = n-tile, blockIdx.y = m-tile over all groups
-// (tile_start maps it to its group); weights: blockIdx.x = n-tile, blockIdx.y = m-tile, blockIdx.z = group.
+// Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
+// (tile_start maps one to its group); weights: n-tile, m-tile, then group.
+struct TileCoords {
+  int g, m0, m_end, n0, k_len, row_base;
+};
+template <class T, int kMode>
+__device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, const Args& args) {
+  const int n_tiles = (args.N + T::kBN - 1) / T::kBN;
+  TileCoords c;
+  c.n0 = (t % n_tiles) * T::kBN;
+  t /= n_tiles;
+  if constexpr (kMode == kWeights) {
+    const int m_tiles = (args.M + kBM - 1) / kBM;
+    c.g = t / m_tiles, c.m0 = (t % m_tiles) * kBM, c.m_end = args.M;
+    c.row_base = groups.start[c.g], c.k_len = groups.size[c.g];
+  } else {
+    int lo = 0, hi = groups.count - 1;  // the last group whose tile_start <= t
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (groups.tile_start[mid] <= t) lo = mid;
+      else hi = mid - 1;
+    }
+    c.g = lo;
+    c.m0 = groups.start[lo] + (t - groups.tile_start[lo]) * kBM, c.m_end = groups.start[lo] + groups.size[lo];
+    c.row_base = 0, c.k_len = args.K;
+  }
+  return c;
+}
+
+// A persistent CTA per SM walks tiles blockIdx.x, + gridDim.x, ... ; producer and consumers walk the same
+// k-steps in the same order with one running k-step count `it` (slot it % STAGES, phase it / STAGES), so
+// the producer fills the next tile's first slots while the consumers finish and store the current one.
 template <class T, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                const __grid_constant__ Groups groups, const Args args) {
+                const __grid_constant__ Groups groups, const Args args, int tiles) {
 #ifdef UM_SM90_DEVICE
   constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
-  int g, m0, m_end, k_len, row_base = 0;
-  if constexpr (kMode == kWeights) {
-    g = int(blockIdx.z), m0 = int(blockIdx.y) * kBM, m_end = args.M;
-    row_base = groups.start[g], k_len = groups.size[g];
-  } else {
-    const int tile = int(blockIdx.y);
-    int lo = 0, hi = groups.count - 1;  // the last group whose tile_start <= tile
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (groups.tile_start[mid] <= tile) lo = mid;
-      else hi = mid - 1;
-    }
-    g = lo;
-    m0 = groups.start[g] + (tile - groups.tile_start[g]) * kBM, m_end = groups.start[g] + groups.size[g];
-    k_len = args.K;
-  }
-  const int n0 = int(blockIdx.x) * T::kBN, kt_count = (k_len + kBK - 1) / kBK;
   const int wg = int(threadIdx.x) >> 7;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; ++s) mbar_init(full0 + 8u * s, 1), mbar_init(empty0 + 8u * s, 2);
@@ -269,24 +282,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x != 0) return;
-    for (int kt = 0; kt < kt_count; ++kt) {
-      const int s = kt % T::kStages;
-      if (kt >= T::kStages) mbar_wait(empty0 + 8u * s, uint32_t(((kt / T::kStages) & 1) ^ 1));
-      const uint32_t full = full0 + 8u * s, a = base + uint32_t(s * T::kStageBytes), b = a + T::kABytes;
-      const int k0 = kt * kBK;
-      mbar_expect_tx(full, T::kStageBytes);
-      if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
+    int it = 0;
+    for (int t = int(blockIdx.x); t < tiles; t += int(gridDim.x)) {
+      const TileCoords c = tile_coords<T, kMode>(t, groups, args);
+      const int kt_count = (c.k_len + kBK - 1) / kBK;
+      for (int kt = 0; kt < kt_count; ++kt, ++it) {
+        const int s = it % T::kStages;
+        if (it >= T::kStages) mbar_wait(empty0 + 8u * s, uint32_t(((it / T::kStages) & 1) ^ 1));
+        const uint32_t full = full0 + 8u * s, a = base + uint32_t(s * T::kStageBytes), b = a + T::kABytes;
+        const int k0 = kt * kBK;
+        mbar_expect_tx(full, T::kStageBytes);
+        if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
 #pragma unroll
-        for (int p = 0; p < kBM / 64; ++p) tma_2d(a + 8192u * p, map_a, m0 + 64 * p, row_base + k0, full);
+          for (int p = 0; p < kBM / 64; ++p) tma_2d(a + 8192u * p, map_a, c.m0 + 64 * p, c.row_base + k0, full);
 #pragma unroll
-        for (int p = 0; p < T::kBN / 64; ++p) tma_2d(b + 8192u * p, map_b, n0 + 64 * p, row_base + k0, full);
-      } else {
-        tma_2d(a, map_a, k0, m0, full);  // the rows' 128 x 64 K-major tile
-        if constexpr (kMode == kRowsKB) {
-          tma_2d(b, map_b, k0, g * args.N + n0, full);  // W [G N, K]: BN x 64
+          for (int p = 0; p < T::kBN / 64; ++p) tma_2d(b + 8192u * p, map_b, c.n0 + 64 * p, c.row_base + k0, full);
         } else {
+          tma_2d(a, map_a, k0, c.m0, full);  // the rows' 128 x 64 K-major tile
+          if constexpr (kMode == kRowsKB) {
+            tma_2d(b, map_b, k0, c.g * args.N + c.n0, full);  // W [G N, K]: BN x 64
+          } else {
 #pragma unroll
-          for (int p = 0; p < T::kBN / 64; ++p) tma_3d(b + 8192u * p, map_b, n0 + 64 * p, k0, g, full);  // W [G][K][N]
+            for (int p = 0; p < T::kBN / 64; ++p) tma_3d(b + 8192u * p, map_b, c.n0 + 64 * p, k0, c.g, full);  // W [G][K][N]
+          }
         }
       }
     }
@@ -296,50 +314,57 @@ __global__ void __launch_bounds__(kThreads, 1)
   // consumers
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int cw = wg - 1;
-  float acc[T::kAcc];
-#pragma unroll
-  for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
   constexpr uint64_t kStageField = T::kStageBytes >> 4;
   constexpr uint64_t kKkA = (kAmn ? 2048 : 32) >> 4, kKkB = (kBmn ? 2048 : 32) >> 4;
   // This warpgroup's 64 rows: K-major rows 64 cw.. (8 KiB in), MN-major panel cw (also 8 KiB in).
   const uint64_t da0 = operand_desc<kAmn>(base + uint32_t(cw) * 8192u), db0 = operand_desc<kBmn>(base + T::kABytes);
-  for (int kt = 0; kt < kt_count; ++kt) {
-    const int s = kt % T::kStages;
-    mbar_wait(full0 + 8u * s, uint32_t((kt / T::kStages) & 1));
-    if constexpr (kMode == kWeights) {
-      const int valid = k_len - kt * kBK;  // rows of this k-step inside the group
-      if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
-        constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
-        const uint32_t tile = base + uint32_t(s * T::kStageBytes);
-        for (int c = int(threadIdx.x) - 128; c < kChunks; c += 256) {
-          const int panel = c / (kBK * 8), row = (c / 8) % kBK;
-          if (row >= valid)
-            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (c % 8) * 16)),
-                         "r"(0)
-                         : "memory");
-        }
-        fence_proxy_async();  // ordinary stores before the tensor cores read them
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-      }
-    }
-    const uint64_t stage = uint64_t(s) * kStageField;
-    fence_regs(acc);
-    wgmma_fence();
+  const bool releaser = (threadIdx.x & 127) == 0;  // one arrival per consumer warpgroup frees a slot
+  int it = 0;
+  for (int t = int(blockIdx.x); t < tiles; t += int(gridDim.x)) {
+    const TileCoords c = tile_coords<T, kMode>(t, groups, args);
+    const int kt_count = (c.k_len + kBK - 1) / kBK;
+    float acc[T::kAcc];
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk)
-      wgmma_m64k16<kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
-    wgmma_commit();
-    wgmma_wait<1>();  // batch kt - 1 has finished: its slot is free
+    for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
+    for (int kt = 0; kt < kt_count; ++kt, ++it) {
+      const int s = it % T::kStages;
+      mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
+      if constexpr (kMode == kWeights) {
+        const int valid = c.k_len - kt * kBK;  // rows of this k-step inside the group
+        if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
+          constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
+          const uint32_t tile = base + uint32_t(s * T::kStageBytes);
+          for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
+            const int panel = q / (kBK * 8), row = (q / 8) % kBK;
+            if (row >= valid)
+              asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (q % 8) * 16)),
+                           "r"(0)
+                           : "memory");
+          }
+          fence_proxy_async();  // ordinary stores before the tensor cores read them
+          asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        }
+      }
+      const uint64_t stage = uint64_t(s) * kStageField;
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)
+        wgmma_m64k16<kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous k-step's batch has finished: its slot is free
+      fence_regs(acc);
+      if (kt > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
+    }
+    wgmma_wait<0>();
     fence_regs(acc);
-    if (kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty0 + 8u * ((kt - 1) % T::kStages));
+    if (kt_count > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
+    if constexpr (kMode == kWeights)
+      store_tile<T>(acc, cw, static_cast<float*>(args.c) + int64_t(c.g) * args.c_group_stride, args.ldc, c.m0,
+                    c.m_end, c.n0, args.N, args.accumulate != 0);
+    else
+      store_tile<T>(acc, cw, static_cast<bf16*>(args.c), args.ldc, c.m0, c.m_end, c.n0, args.N, args.accumulate != 0);
   }
-  wgmma_wait<0>();
-  fence_regs(acc);
-  if constexpr (kMode == kWeights)
-    store_tile<T>(acc, cw, static_cast<float*>(args.c) + int64_t(g) * args.c_group_stride, args.ldc, m0, m_end, n0,
-                  args.N, args.accumulate != 0);
-  else
-    store_tile<T>(acc, cw, static_cast<bf16*>(args.c), args.ldc, m0, m_end, n0, args.N, args.accumulate != 0);
 #endif
 }
 
@@ -380,12 +405,16 @@ CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_
 }
 
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
+// Persistent: one CTA per SM (or fewer when there are fewer tiles).
 template <auto K>
-void launch(int smem_bytes, const dim3& grid, const CUtensorMap& a, const CUtensorMap& b, const Groups& g,
+void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorMap& b, const Groups& g,
             const Args& args) {
   static const cudaError_t raised = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   UM_CUDA(raised);
-  K<<<grid, kThreads, smem_bytes, stream()>>>(a, b, g, args);
+  UM_CHECK(tiles < int64_t(INT32_MAX), "sm90 grouped GEMM: fewer than 2^31 tiles", tiles);
+  if (tiles == 0) return;
+  const unsigned ctas = unsigned(std::min<int64_t>(tiles, sm_count()));
+  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, g, args, int(tiles));
   UM_CUDA_LAUNCHED();
 }
 
@@ -419,13 +448,13 @@ template <class T>
 void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool b_mn_major, int64_t rows_total) {
   const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
   const CUtensorMap ma = tensor_map<2>(a, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
-  const dim3 grid(ceil_div(args.N, T::kBN), unsigned(g.tile_start[g.count]));
+  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * g.tile_start[g.count];
   if (b_mn_major) {  // W [G][K][N]: 64 x 64 panels
     const CUtensorMap mb = tensor_map<3>(b, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
-    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, grid, ma, mb, g, args);
+    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, ma, mb, g, args);
   } else {  // W [G N, K]: BN x 64 tiles
     const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), uint32_t(T::kBN)});
-    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, grid, ma, mb, g, args);
+    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, g, args);
   }
 }
 
@@ -434,8 +463,8 @@ void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, in
   const uint64_t M = uint64_t(args.M), N = uint64_t(args.N), R = uint64_t(std::max<int64_t>(rows_total, 1));
   const CUtensorMap ma = tensor_map<2>(a, {M, R}, {M}, {64u, uint32_t(kBK)});
   const CUtensorMap mb = tensor_map<2>(b, {N, R}, {N}, {64u, uint32_t(kBK)});
-  const dim3 grid(ceil_div(args.N, T::kBN), ceil_div(args.M, kBM), unsigned(g.count));
-  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, grid, ma, mb, g, args);
+  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * ceil_div(args.M, kBM) * g.count;
+  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ma, mb, g, args);
 }
 
 int64_t rows_end(const HostGroups& h) {

@@ -1,9 +1,10 @@
 // Hopper (sm_90a) grouped GEMM for the expert matmuls of a mixture-of-experts layer: every group's
 // product in one launch, on the tensor cores' warpgroup MMA (wgmma), bf16 in, fp32 accumulate.
 //
-// One CTA computes a 128 x 128 tile of C = A . B^T (two warpgroups of 64 rows each) over k-steps of 64,
-// fed by a 5-stage cp.async pipeline into 128-byte-swizzled shared memory; zero-filled copies make
-// every edge (a group's last rows, the k tail, the n tail) exact without padding the tensors. The two
+// A persistent CTA per SM walks 128 x 256 tiles of C = A . B^T (128 x 128 where that pads n less):
+// one producer thread streams each k-step's tiles with the tensor memory accelerator into a 4-6 stage
+// shared-memory ring, two consumer warpgroups (64 rows each) run wgmma on it; edges (a group's last rows,
+// the k tail, the n tail) are exact without padding the tensors. The two
 // kinds of product the layer needs:
 //   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
 //            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g)
