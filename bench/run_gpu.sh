@@ -26,8 +26,8 @@ if [[ $STEPS == *test* ]]; then
   ./build-gpu/tests/ultramem-tests "[gpu]" --list-tests > "$OUT/gpu-test-list.txt" 2>&1
   # The sm90 grouped GEMM under every MoE [gpu] case (UM_GROUPED_GEMM=sm90, whatever the expert count)
   # and with the 128 x 128 tile on every shape.
-  UM_GROUPED_GEMM=sm90 ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | tail -1 | sed 's/^/sm90 kernel, all MoE cases: /'
-  UM_SM90_TILE=narrow ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | tail -1 | sed 's/^/sm90 128x128 tile: /'
+  UM_GROUPED_GEMM=sm90 ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | grep -E "Passed|failed" | sed 's/^/sm90 kernel, all MoE cases: /'
+  UM_SM90_TILE=narrow ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | grep -E "Passed|failed" | sed 's/^/sm90 128x128 tile: /'
   /usr/local/cuda/bin/cuobjdump -sass build-gpu/CMakeFiles/ultramem.dir/cuda/grouped_gemm_sm90.cu.o 2>/dev/null \
     | grep -c HGMMA | sed 's/^/HGMMA instructions in grouped_gemm_sm90: /' 
   grep -E "passed|failed|FAILED" "$OUT/gpu-tests.log" | tail -40

@@ -4,14 +4,15 @@
 // A persistent CTA per SM walks 128 x 256 tiles of C = A . B^T (128 x 128 where that pads n less):
 // one producer thread streams each k-step's tiles with the tensor memory accelerator into a 4-6 stage
 // shared-memory ring, two consumer warpgroups (64 rows each) run wgmma on it; edges (a group's last rows,
-// the k tail, the n tail) are exact without padding the tensors. The two
-// kinds of product the layer needs:
+// the k tail, the n tail) are exact without padding the tensors. The two kinds of product the layer
+// needs:
 //   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
 //            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g)
 //   weights: C_g[m, n] = sum over the group's rows r of A[r, m] B[r, n] (dW_g = dy_g^T x_g), both MN-major
 // Every output element is written by exactly one thread in a fixed order: deterministic.
-// Requirements (checked by `supports`): bf16 operands, widths (K, N and the leading dimensions) multiples
-// of 8 and 16-byte-aligned pointers, at most kMaxGroups groups, a compute capability 9.0 device.
+// Requirements (the caller checks them, cuda/grouped_linear.cu `use_sm90`): bf16 operands, widths (K, N
+// and the leading dimensions) multiples of 8, 16-byte-aligned pointers, at most kMaxGroups groups, and
+// `available()`.
 #pragma once
 #include <cstdint>
 #include <vector>
