@@ -5,7 +5,7 @@
 // memory accelerator (cp.async.bulk.tensor, from tensor maps passed as kernel parameters) into one of
 // STAGES shared-memory slots and the copy engine signals the slot's "full" mbarrier with the bytes; the
 // consumers wait on it, issue the k-step's four wgmmas, and once the previous k-step's batch has finished
-// (wgmma.wait_group 1) free that slot through its "empty" mbarrier. So copies run STAGES - 1 k-steps
+// (wgmma.wait_group 1) each consumer warp frees that slot through its "empty" mbarrier. So copies run STAGES - 1 k-steps
 // ahead, the tensor cores always have the next batch queued, and no thread spends issue slots on copies.
 //
 // Shared-memory tiles use the 128-byte swizzle on both sides (the copy engine writes it, wgmma reads it
@@ -33,6 +33,7 @@ namespace um::cuda::sm90 {
 namespace {
 
 constexpr int kBM = 128, kBK = 64, kThreads = 384;  // producer + two consumer warpgroups
+constexpr int kConsumerWarps = 8;
 
 template <int BN, int STAGES>
 struct Tile {
@@ -274,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
   const int wg = int(threadIdx.x) >> 7;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < T::kStages; ++s) mbar_init(full0 + 8u * s, 1), mbar_init(empty0 + 8u * s, 2);
+    for (int s = 0; s < T::kStages; ++s) mbar_init(full0 + 8u * s, 1), mbar_init(empty0 + 8u * s, kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -318,7 +319,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr uint64_t kKkA = (kAmn ? 2048 : 32) >> 4, kKkB = (kBmn ? 2048 : 32) >> 4;
   // This warpgroup's 64 rows: K-major rows 64 cw.. (8 KiB in), MN-major panel cw (also 8 KiB in).
   const uint64_t da0 = operand_desc<kAmn>(base + uint32_t(cw) * 8192u), db0 = operand_desc<kBmn>(base + T::kABytes);
-  const bool releaser = (threadIdx.x & 127) == 0;  // one arrival per consumer warpgroup frees a slot
+  // A slot is free when every consumer warp has waited for the batch that read it: one arrival per warp
+  // (lane 0, after the warp's own wgmma.wait_group).
+  const bool releaser = (threadIdx.x & 31) == 0;
   int it = 0;
   for (int t = int(blockIdx.x); t < tiles; t += int(gridDim.x)) {
     const TileCoords c = tile_coords<T, kMode>(t, groups, args);
