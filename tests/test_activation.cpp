@@ -30,11 +30,9 @@ std::vector<double> plus(std::vector<double> a, const std::vector<double>& b) {
   return a;
 }
 
-Tensor as(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
-Tensor rounded(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
 Tensor arena_copy(const Tensor& t, DType dt, Device dev) {
   Tensor out = alloc_activation(t.shape(), dt, dev);
-  out.copy_from(as(t, dt, dev));
+  out.copy_from(convert(t, dt, dev));
   return out;
 }
 

@@ -22,8 +22,6 @@ std::vector<double> naive_scatter_add(const std::vector<int64_t>& ids, const std
   return prior;
 }
 
-Tensor as(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
-Tensor rounded(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
 
 // Ids with heavy repetition: mostly a few hot ids (one of them very hot), the rest spread over the vocabulary.
 std::vector<int64_t> repeated_ids(int64_t n, int64_t vocab, uint64_t seed) {
@@ -102,9 +100,9 @@ static void compare_embedding_on_gpu(int64_t n, int64_t V, int64_t C, DType dt, 
 
   Tensor ref_out = ops::embedding(ids, table);
   Tensor ref_grad = Tensor::empty({V, C}, DType::f64);  // summed in double: a reference for long runs too
-  ops::embedding_backward(ids, as(dout, DType::f64, cpu), ref_grad, false);
+  ops::embedding_backward(ids, convert(dout, DType::f64, cpu), ref_grad, false);
 
-  Tensor gids = ids.to(gpu), gtable = as(table, dt, gpu), gdout = as(dout, dt, gpu);
+  Tensor gids = ids.to(gpu), gtable = convert(table, dt, gpu), gdout = convert(dout, dt, gpu);
   Tensor out = ops::embedding(gids, gtable);
   Tensor grad = alloc_activation({V, C}, DType::f32, gpu);
   ops::embedding_backward(gids, gdout, grad, false);

@@ -28,19 +28,6 @@ std::vector<double> naive_linear(const Tensor& x, const Tensor& W, const Tensor&
   return y;
 }
 
-Tensor nan_filled(const Shape& s, DType dt, Device dev) {
-  return Tensor::from_doubles(std::vector<double>(size_t(s.numel()), std::numeric_limits<double>::quiet_NaN()), s, dt,
-                              dev);
-}
-
-// `t` converted to dtype `dt` on `dev` (values rounded to dt).
-Tensor convert(const Tensor& t, DType dt, Device dev) {
-  return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev);
-}
-
-// `t` rounded to dtype `dt`, as f32 on the CPU: the reference input matching what the GPU sees.
-Tensor rounded(const Tensor& t, DType dt) { return convert(convert(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
-
 struct LinearResult {
   std::vector<double> y, dx, dW, db;
 };

@@ -53,7 +53,8 @@ std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
 Tensor as(const Tensor& t, DType dt, Device dev) {
   return t.defined() ? Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev) : Tensor();
 }
-Tensor rounded(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f64, Device::cpu()); }
+// `t` rounded to dtype `dt`, held as f64 on the CPU.
+Tensor rounded_f64(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f64, Device::cpu()); }
 
 // The inputs of a case as f64 CPU tensors, float inputs rounded to `dt` (exactly representable there).
 struct Inputs {
@@ -64,11 +65,11 @@ Inputs make_inputs(const Case& c, DType dt, uint64_t seed) {
   Inputs in;
   in.indices = Tensor::from_ints(repeated_indices(c.T * c.M, c.virtual_num(), seed), {c.T, c.M}, DType::i32);
   if (c.perm) in.perm = Tensor::from_ints(permutation(c.virtual_num(), seed + 1), {c.virtual_num()}, DType::i32);
-  in.weights = rounded(randn({c.T, c.M, c.C}, DType::f64, cpu, seed + 2), DType::f32);  // f32 on every device
-  in.values = rounded(randn({c.N, c.V}, DType::f64, cpu, seed + 3), dt);
+  in.weights = rounded_f64(randn({c.T, c.M, c.C}, DType::f64, cpu, seed + 2), DType::f32);  // f32 on every device
+  in.values = rounded_f64(randn({c.N, c.V}, DType::f64, cpu, seed + 3), dt);
   if (c.P) {
-    in.pre_in = rounded(randn({c.T, c.P}, DType::f64, cpu, seed + 4), dt);
-    in.pre_values = rounded(randn({c.N, c.P}, DType::f64, cpu, seed + 5, 1.0 / std::sqrt(double(c.P))), dt);
+    in.pre_in = rounded_f64(randn({c.T, c.P}, DType::f64, cpu, seed + 4), dt);
+    in.pre_values = rounded_f64(randn({c.N, c.P}, DType::f64, cpu, seed + 5, 1.0 / std::sqrt(double(c.P))), dt);
   }
   return in;
 }
@@ -287,7 +288,7 @@ static void compare_lookup_on_gpu(const Case& c, DType dt, uint64_t seed) {
   INFO(c.str() << " dtype=" << dtype_name(dt));
   Inputs in = make_inputs(c, dt, seed);
   const ops::LookupArgs args = c.args();
-  Tensor dout = rounded(randn({c.T, c.groups * c.V}, DType::f64, cpu, seed + 9), dt);
+  Tensor dout = rounded_f64(randn({c.T, c.groups * c.V}, DType::f64, cpu, seed + 9), dt);
 
   Tensor used_ref = Tensor::zeros({c.N}, DType::i32);
   Tensor out_ref = Tensor::empty({c.T, c.groups * c.V}, DType::f64);
@@ -332,7 +333,7 @@ static void compare_lookup_on_gpu(const Case& c, DType dt, uint64_t seed) {
   CHECK(backward(false, {}) == first);  // deterministic, bit for bit
   std::vector<Tensor> prior;
   for (size_t i = 0; i < 4; ++i)
-    prior.push_back(ref[i] ? rounded(randn(ref[i].shape(), DType::f64, cpu, seed + 20 + i), i == 2 ? dt : DType::f32)
+    prior.push_back(ref[i] ? rounded_f64(randn(ref[i].shape(), DType::f64, cpu, seed + 20 + i), i == 2 ? dt : DType::f32)
                            : Tensor());
   std::vector<std::vector<double>> acc = backward(true, prior);
   for (size_t i = 0; i < 4; ++i)

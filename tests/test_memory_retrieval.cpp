@@ -13,8 +13,6 @@ using ops::GridScore;
 
 namespace {
 
-Tensor as(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
-Tensor rounded(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
 
 std::vector<double> plus(std::vector<double> a, const std::vector<double>& b) {
   for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
@@ -179,7 +177,7 @@ TEST_CASE("memory_scores: wrong shapes and dtypes are Errors naming the tensor",
                     Catch::Contains("memory_scores: q") && Catch::Contains("[T, 32]"));
   CHECK_THROWS_WITH(ops::memory_scores(q, randn({39, 4}, DType::f32, Device::cpu(), 4), s),
                     Catch::Contains("memory_scores: keys") && Catch::Contains("[40, 4]"));
-  CHECK_THROWS_WITH(ops::memory_scores(q, as(keys, DType::f64, Device::cpu()), s), Catch::Contains("keys"));
+  CHECK_THROWS_WITH(ops::memory_scores(q, convert(keys, DType::f64, Device::cpu()), s), Catch::Contains("keys"));
   CHECK_THROWS_WITH(ops::memory_scores(q, keys, ops::ScoreShape{2, 5, 2, 3, 4}), Catch::Contains("q_ranks"));
 }
 
@@ -392,12 +390,12 @@ static void compare_scores_on_gpu(int64_t T, const ops::ScoreShape& s, DType dt)
   for (size_t i = 0; i < dsv.size(); ++i)
     if (i % 7 != 3) dsv[i] = 0;
   Tensor ds = Tensor::from_doubles(dsv, {T, s.heads, 2, s.rank, s.n_keys}, DType::f32);
-  Tensor q64 = as(q, DType::f64, cpu), k64 = as(keys, DType::f64, cpu);
+  Tensor q64 = convert(q, DType::f64, cpu), k64 = convert(keys, DType::f64, cpu);
   Tensor ref = ops::memory_scores(q64, k64, s);
   Tensor rdq = alloc_activation(q.shape(), DType::f64, cpu), rdk = alloc_activation(keys.shape(), DType::f64, cpu);
-  ops::memory_scores_backward(q64, k64, s, as(ds, DType::f64, cpu), rdq, false, rdk, false);
+  ops::memory_scores_backward(q64, k64, s, convert(ds, DType::f64, cpu), rdq, false, rdk, false);
 
-  Tensor gq = as(q, dt, gpu), gk = as(keys, dt, gpu), gds = ds.to(gpu);
+  Tensor gq = convert(q, dt, gpu), gk = convert(keys, dt, gpu), gds = ds.to(gpu);
   Tensor out = ops::memory_scores(gq, gk, s);
   INFO("T " << T << " H " << s.heads << " r " << s.rank << " qr " << s.q_ranks << " n " << s.n_keys << " K " << s.kdim
             << " " << dtype_name(dt));
@@ -409,7 +407,7 @@ static void compare_scores_on_gpu(int64_t T, const ops::ScoreShape& s, DType dt)
   CHECK(rel_error(dk.to_doubles(), rdk.to_doubles()) < tol);
   Tensor pq = rounded(randn(q.shape(), DType::f32, cpu, seed + 3), dt),
          pk = randn(keys.shape(), DType::f32, cpu, seed + 4);
-  dq.copy_from(as(pq, dt, gpu));
+  dq.copy_from(convert(pq, dt, gpu));
   dk.copy_from(pk.to(gpu));
   ops::memory_scores_backward(gq, gk, s, gds, dq, true, dk, true);
   CHECK(rel_error(dq.to_doubles(), plus(pq.to_doubles(), rdq.to_doubles())) < tol);
@@ -462,7 +460,7 @@ static void compare_topk_on_gpu(const Dims& d, bool tucker, Pattern pat, DType c
   ops::TopkArgs args{d.k, tucker ? GridScore::tucker : GridScore::additive};
   ops::Retrieval ref = ops::memory_topk(in.scores, in.u, in.v, in.cores, args);  // CPU, f32: the same arithmetic
   TopkInputs gin{in.scores.to(gpu), tucker ? in.u.to(gpu) : Tensor(), tucker ? in.v.to(gpu) : Tensor(),
-                 tucker ? as(in.cores, core_dt, gpu) : Tensor()};
+                 tucker ? convert(in.cores, core_dt, gpu) : Tensor()};
   ops::Retrieval got = ops::memory_topk(gin.scores, gin.u, gin.v, gin.cores, args);
   INFO("T " << d.T << " H " << d.H << " r " << d.r << " n " << d.n << " h " << d.h << " knn " << d.k
             << (tucker ? " tucker" : " additive") << " pattern " << int(pat) << " cores " << dtype_name(core_dt));
@@ -538,7 +536,7 @@ TEST_CASE("memory retrieval autograd on CUDA matches CPU", "[gpu][memory]") {
           return ops::memory_topk(ops::memory_scores(x[0], x[1], s), uu, vv, x[2], {5, GridScore::tucker}).scores;
         };
       };
-      std::vector<Tensor> cpu_in = {q, keys, cores}, gpu_in = {as(q, dt, gpu), as(keys, dt, gpu), cores.to(gpu)};
+      std::vector<Tensor> cpu_in = {q, keys, cores}, gpu_in = {convert(q, dt, gpu), convert(keys, dt, gpu), cores.to(gpu)};
       for (auto& t : cpu_in) t.set_requires_grad(true);
       for (auto& t : gpu_in) t.set_requires_grad(true);
       Tensor R = randn({T, 2 * 5, 2}, DType::f32, cpu, 135);

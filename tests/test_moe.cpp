@@ -26,12 +26,6 @@ using json = nlohmann::json;
 
 namespace {
 
-Tensor convert(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
-Tensor rounded(const Tensor& t, DType dt) { return convert(convert(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
-Tensor nan_filled(const Shape& s, DType dt, Device dev) {
-  return Tensor::from_doubles(std::vector<double>(size_t(s.numel()), std::numeric_limits<double>::quiet_NaN()), s, dt,
-                              dev);
-}
 
 // Logits whose probabilities are well separated (no near-ties anywhere in a row): each row is a random
 // permutation of 0, gap, 2 gap, ... plus small noise.

@@ -35,13 +35,11 @@ std::vector<double> plus(std::vector<double> a, const std::vector<double>& b) {
 }
 
 // `t`'s values stored as `dt` on `dev` (bf16 rounds them).
-Tensor as(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
 // `t` rounded to `dt` and back to an f32 CPU tensor: the exact values a `dt` kernel sees.
-Tensor rounded(const Tensor& t, DType dt) { return as(as(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
 // An arena tensor on `dev` (poisoned in [gpu] tests) holding `t`'s values as `dt`.
 Tensor arena_copy(const Tensor& t, DType dt, Device dev) {
   Tensor out = alloc_activation(t.shape(), dt, dev);
-  out.copy_from(as(t, dt, dev));
+  out.copy_from(convert(t, dt, dev));
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "ultramem/ops/elementwise.h"
@@ -24,6 +25,15 @@ nlohmann::json read_config(const std::string& name) {
   std::ifstream in(path);
   if (!in) throw Error(path, "a readable config", "it cannot be opened");
   return nlohmann::json::parse(in, nullptr, true, true);
+}
+
+Tensor convert(const Tensor& t, DType dt, Device dev) { return Tensor::from_doubles(t.to_doubles(), t.shape(), dt, dev); }
+
+Tensor rounded(const Tensor& t, DType dt) { return convert(convert(t, dt, Device::cpu()), DType::f32, Device::cpu()); }
+
+Tensor nan_filled(const Shape& s, DType dt, Device dev) {
+  return Tensor::from_doubles(std::vector<double>(size_t(s.numel()), std::numeric_limits<double>::quiet_NaN()), s, dt,
+                              dev);
 }
 
 Tensor randn(const Shape& shape, DType dtype, Device device, uint64_t seed, double scale) {

@@ -20,6 +20,13 @@ Tensor uniform(const Shape& shape, DType dtype, Device device, uint64_t seed, do
 // Integers in [0, n).
 Tensor randint(const Shape& shape, int64_t n, DType dtype, Device device, uint64_t seed);
 
+// `t`'s values as dtype `dt` on `dev` (rounded to dt).
+Tensor convert(const Tensor& t, DType dt, Device dev);
+// `t` rounded to dtype `dt`, held as f32 on the CPU: the reference input matching what the GPU sees.
+Tensor rounded(const Tensor& t, DType dt);
+// All NaN: an output buffer a kernel must overwrite entirely.
+Tensor nan_filled(const Shape& s, DType dt, Device dev);
+
 // ||out - ref|| / ||ref|| over all elements; +inf when either holds a NaN or an infinity.
 double rel_error(const Tensor& out, const Tensor& ref);
 double rel_error(const std::vector<double>& out, const std::vector<double>& ref);
