@@ -127,9 +127,11 @@ int main(int argc, char** argv) {
           6.0 * double(tokens) * (double(c.top_k) * 3.0 * double(d) * double(c.hidden) + double(d * c.experts));
       std::vector<std::string> modes = {"grouped", "loop"};
       if (cuda::grouped_gemm_sm90_available()) modes.insert(modes.begin(), "sm90");
+      auto label_of = [](const std::string& mode) {
+        return mode == "sm90" ? std::string("sm90 TMA + wgmma") : mode;
+      };
       for (const std::string& mode : modes) {
         cuda::set_grouped_gemm_mode(mode);
-        const std::string label = mode == "sm90" ? "sm90 TMA + wgmma" : mode;
         std::vector<int64_t> counts;
         auto moe = [&] {
           Tape tape;
@@ -141,7 +143,7 @@ int main(int argc, char** argv) {
           }
           arena_for(dev).reset();
         };
-        Row mr{c.name, "ultramem MoE (" + label + ")", time_ms(moe, 3, int(reps))};
+        Row mr{c.name, "ultramem MoE (" + label_of(mode) + ")", time_ms(moe, 3, int(reps))};
         mr.tflops = moe_flops / mr.ms * 1e-9;
         mr.vs_dense = mr.tflops / dr.tflops;
         rows.push_back(mr);
@@ -185,7 +187,7 @@ int main(int argc, char** argv) {
             }
             arena_for(dev).reset();
           };
-          Row gr{c.name, "w1 GEMM alone: " + (mode == "sm90" ? std::string("sm90 TMA + wgmma") : mode),
+          Row gr{c.name, "w1 GEMM alone: " + label_of(mode),
                  time_ms(grouped, 3, int(reps))};
           gr.tflops = flops / gr.ms * 1e-9;
           gr.vs_dense = gr.tflops / ur.tflops;

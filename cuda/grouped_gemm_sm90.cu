@@ -5,8 +5,9 @@
 // memory accelerator (cp.async.bulk.tensor, from tensor maps passed as kernel parameters) into one of
 // STAGES shared-memory slots and the copy engine signals the slot's "full" mbarrier with the bytes; the
 // consumers wait on it, issue the k-step's four wgmmas, and once the previous k-step's batch has finished
-// (wgmma.wait_group 1) each consumer warp frees that slot through its "empty" mbarrier. So copies run STAGES - 1 k-steps
-// ahead, the tensor cores always have the next batch queued, and no thread spends issue slots on copies.
+// (wgmma.wait_group 1) each consumer warp frees that slot through its "empty" mbarrier. So copies run
+// STAGES - 1 k-steps ahead, the tensor cores always have the next batch queued, and no thread spends
+// issue slots on copies.
 //
 // Shared-memory tiles use the 128-byte swizzle on both sides (the copy engine writes it, wgmma reads it
 // through matrix descriptors): a K-major tile is ROWS x 128 bytes (64 k-values per row); an MN-major tile

@@ -2,7 +2,8 @@
 // tensors and widths that are multiples of 8, our own TMA + wgmma grouped GEMM (grouped_gemm_sm90.cu),
 // one launch per product; elsewhere above 16 groups one cublasGemmGroupedBatchedEx call; with 16 or
 // fewer one cublasGemmEx per group (the fastest for a few large experts). UM_GROUPED_GEMM=sm90 takes
-// the kernel whatever the group count (where it applies); =grouped|loop force a cuBLAS path. Where cuBLAS declines a type combination for the grouped call it loops.
+// the kernel whatever the group count (where it applies); =grouped|loop force a cuBLAS path. Where
+// cuBLAS declines a type combination for the grouped call it loops.
 //
 // Row-major tensors are column-major transposes (as cuda/linear.cu), for group g with n_g rows:
 //   forward  y_g^T [out, n_g] = W_g (op T) . x_g^T     m = out, n = n_g, k = in

@@ -12,8 +12,8 @@
 //
 // GPU, more than 16 non-empty groups, bf16 with widths that are multiples of 8 on a Hopper device
 // (compute capability 9.0): our own TMA + wgmma grouped GEMM, one launch per product for all groups
-// (cuda/grouped_gemm_sm90.cu). Otherwise cuBLAS, bf16 (or f32) in, fp32 accumulate. With more than 16 non-empty groups one
-// cublasGemmGroupedBatchedEx call per product (forward, dx, dW) covers them all; with fewer, when cuBLAS
+// (cuda/grouped_gemm_sm90.cu). Otherwise cuBLAS, bf16 (or f32) in, fp32 accumulate. With more than 16
+// non-empty groups one cublasGemmGroupedBatchedEx call per product (forward, dx, dW) covers them all; with fewer, when cuBLAS
 // declines a type combination, or with UM_GROUPED_GEMM=loop, it runs one cublasGemmEx per group on the
 // same stream (faster for a few large experts, measured in bench-moe). Both are deterministic (no
 // split-K reductions with atomics).
