@@ -8,13 +8,20 @@
 // Times: wall clock over `--reps` synchronised iterations after warm-up (the layer synchronises once per
 // forward for the group sizes, so events would measure the same).
 //
-//   bench-moe [--tokens N] [--reps R]
+//   bench-moe [--tokens N] [--reps R] [--warmup W] [--case SUBSTRING] [--mode sm90|grouped|loop] [--layer-only]
+//
+// --case / --mode / --layer-only narrow the run to one layer and path; --profile dense|moe brackets that layer's
+// timed reps with cudaProfilerStart/Stop, for `ncu --profile-from-start off` or `nsys --capture-range=cudaProfilerApi`.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#if ULTRAMEM_CUDA
+#include <cuda_profiler_api.h>
+#endif
 
 #include "src/nn/moe.h"
 #include "ultramem/core/arena.h"
@@ -58,24 +65,46 @@ Tensor param(const Shape& s, double std, uint64_t seed) {
   return t;
 }
 
-// Median-free mean over reps of one synchronised forward + backward.
+// Median-free mean over reps of one synchronised forward + backward; `profiled` brackets the reps for a profiler.
 template <typename F>
-double time_ms(F&& step, int warmup, int reps) {
+double time_ms(F&& step, int warmup, int reps, bool profiled = false) {
   for (int i = 0; i < warmup; ++i) step();
   cuda_synchronize();
+#if ULTRAMEM_CUDA
+  if (profiled) cudaProfilerStart();
+#endif
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < reps; ++i) step();
   cuda_synchronize();
+#if ULTRAMEM_CUDA
+  if (profiled) cudaProfilerStop();
+#endif
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t tokens = 16384, reps = 10;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--reps")) reps = std::atoll(argv[i + 1]);
+  int64_t tokens = 16384, reps = 10, warmup = 3;
+  std::string only_case, only_mode, profile;
+  bool layer_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const bool has_value = i + 1 < argc;
+    if (!std::strcmp(argv[i], "--layer-only")) layer_only = true;
+    else if (has_value && !std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[++i]);
+    else if (has_value && !std::strcmp(argv[i], "--reps")) reps = std::atoll(argv[++i]);
+    else if (has_value && !std::strcmp(argv[i], "--warmup")) warmup = std::atoll(argv[++i]);
+    else if (has_value && !std::strcmp(argv[i], "--case")) only_case = argv[++i];
+    else if (has_value && !std::strcmp(argv[i], "--mode")) only_mode = argv[++i];
+    else if (has_value && !std::strcmp(argv[i], "--profile")) profile = argv[++i];
+    else {
+      std::fprintf(stderr, "bench-moe: unknown or incomplete argument '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  if (tokens < 1 || reps < 1 || warmup < 0 || !(profile.empty() || profile == "dense" || profile == "moe")) {
+    std::fprintf(stderr, "bench-moe: --tokens and --reps at least 1, --warmup at least 0, --profile dense or moe\n");
+    return 2;
   }
   if (!cuda_available()) {
     std::puts("bench-moe: no CUDA device (or a build without CUDA): nothing to measure.");
@@ -97,6 +126,7 @@ int main(int argc, char** argv) {
     const Tensor one = Tensor::from_doubles({1.0}, Shape{1}, DType::f32, dev);  // d(total loss)/d(aux loss)
     std::vector<Row> rows, gemm_rows;
     for (const Case& c : cases) {
+      if (!only_case.empty() && c.name.find(only_case) == std::string::npos) continue;
       // Dense SwiGLU MLP with hidden top_k * h: the same active expert FLOPs.
       Tensor wp = param({2 * c.dense_hidden, d}, 0.02, 3), wo = param({d, c.dense_hidden}, 0.02, 4);
       auto dense = [&] {
@@ -109,7 +139,7 @@ int main(int argc, char** argv) {
         arena_for(dev).reset();
       };
       const double dense_flops = 6.0 * double(tokens) * 3.0 * double(d) * double(c.dense_hidden);
-      Row dr{c.name, "dense MLP h " + std::to_string(c.dense_hidden), time_ms(dense, 3, int(reps))};
+      Row dr{c.name, "dense MLP h " + std::to_string(c.dense_hidden), time_ms(dense, int(warmup), int(reps), profile == "dense")};
       dr.tflops = dense_flops / dr.ms * 1e-9;
       dr.vs_dense = 1.0;
       rows.push_back(dr);
@@ -127,6 +157,13 @@ int main(int argc, char** argv) {
           6.0 * double(tokens) * (double(c.top_k) * 3.0 * double(d) * double(c.hidden) + double(d * c.experts));
       std::vector<std::string> modes = {"grouped", "loop"};
       if (cuda::grouped_gemm_sm90_available()) modes.insert(modes.begin(), "sm90");
+      if (!only_mode.empty()) {
+        if (std::find(modes.begin(), modes.end(), only_mode) == modes.end()) {
+          std::fprintf(stderr, "bench-moe: --mode %s is not available here\n", only_mode.c_str());
+          return 2;
+        }
+        modes = {only_mode};
+      }
       auto label_of = [](const std::string& mode) {
         return mode == "sm90" ? std::string("sm90 TMA + wgmma") : mode;
       };
@@ -143,7 +180,7 @@ int main(int argc, char** argv) {
           }
           arena_for(dev).reset();
         };
-        Row mr{c.name, "ultramem MoE (" + label_of(mode) + ")", time_ms(moe, 3, int(reps))};
+        Row mr{c.name, "ultramem MoE (" + label_of(mode) + ")", time_ms(moe, int(warmup), int(reps), profile == "moe")};
         mr.tflops = moe_flops / mr.ms * 1e-9;
         mr.vs_dense = mr.tflops / dr.tflops;
         rows.push_back(mr);
@@ -156,7 +193,7 @@ int main(int argc, char** argv) {
 
       // The first expert GEMM alone (forward + dx + dW) over N k rows in E equal groups, each path,
       // against one ungrouped linear of the same rows and width (cuBLASLt): the kernels' own speed.
-      {
+      if (!layer_only) {
         const int64_t R = tokens * c.top_k, width = 2 * c.hidden;
         Tensor xs = param({R, d}, 1.0, 8), gy = param({R, width}, 1e-2, 9);
         xs.set_grad(Tensor::zeros({R, d}, DType::bf16, dev));
@@ -173,7 +210,7 @@ int main(int argc, char** argv) {
           }
           arena_for(dev).reset();
         };
-        Row ur{c.name, "w1 GEMM alone: ungrouped linear", time_ms(ungrouped, 3, int(reps))};
+        Row ur{c.name, "w1 GEMM alone: ungrouped linear", time_ms(ungrouped, int(warmup), int(reps))};
         ur.tflops = flops / ur.ms * 1e-9;
         ur.vs_dense = 1.0;
         gemm_rows.push_back(ur);
@@ -188,7 +225,7 @@ int main(int argc, char** argv) {
             arena_for(dev).reset();
           };
           Row gr{c.name, "w1 GEMM alone: " + label_of(mode),
-                 time_ms(grouped, 3, int(reps))};
+                 time_ms(grouped, int(warmup), int(reps))};
           gr.tflops = flops / gr.ms * 1e-9;
           gr.vs_dense = gr.tflops / ur.tflops;
           gemm_rows.push_back(gr);

@@ -41,6 +41,27 @@ if [[ $STEPS == *bench* ]]; then
   ./build-gpu/bench/bench-moe 2>&1 | tee "$OUT/bench-moe.txt" | tail -12
   PYTHONUNBUFFERED=1 python3 bench/torch_moe.py 2>&1 | tee "$OUT/torch-moe.txt" | tail -10
 fi
+if [[ $STEPS == *profile* ]]; then
+  log "MoE layer kernel breakdown (profiled reps only; nsys if installed, else ncu)"
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  prof() {  # label, --case, --mode, dense|moe
+    local args=(--case "$2" --mode "$3" --profile "$4" --layer-only --reps 5 --warmup 2)
+    if [[ -n $NSYS ]]; then
+      "$NSYS" profile --capture-range=cudaProfilerApi -f true -o "/tmp/prof-$1" ./build-gpu/bench/bench-moe "${args[@]}" \
+        > "/tmp/prof-$1.log" 2>&1
+      "$NSYS" stats -r cuda_gpu_kern_sum -f csv -o "/tmp/prof-$1" "/tmp/prof-$1.nsys-rep" > /dev/null 2>&1
+      python3 bench/kernel_breakdown.py "/tmp/prof-$1_cuda_gpu_kern_sum.csv" 5 "$1" | tee -a "$OUT/breakdown.md"
+    else
+      /usr/local/cuda/bin/ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+        ./build-gpu/bench/bench-moe "${args[@]}" > "/tmp/prof-$1.csv" 2> "/tmp/prof-$1.log"
+      python3 bench/kernel_breakdown.py "/tmp/prof-$1.csv" 5 "$1" | tee -a "$OUT/breakdown.md"
+    fi
+  }
+  prof dense-3264 "top-8 of 64" sm90 dense
+  prof top8of64-sm90 "top-8 of 64" sm90 moe
+  prof top2of8-h1632-loop "h 1632" loop moe
+  prof top2of8-h1632-sm90 "h 1632" sm90 moe
+fi
 if [[ $STEPS == *e2e* ]]; then
   log "end-to-end gpt2-124m"
   ./build-gpu/bench/bench-train configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 | tee "$OUT/bench-train.txt" | tail -6

@@ -17,6 +17,7 @@
 #include "ultramem/ops/grouped_linear.h"
 #include "ultramem/ops/moe_dispatch.h"
 #include "ultramem/ops/moe_router.h"
+#include "ultramem/ops/moe_router_logits.h"
 #include "ultramem/train/trainer.h"
 
 using namespace um;
@@ -161,6 +162,27 @@ TEST_CASE("moe router: float64 gradcheck of weights, balance and z losses", "[mo
             kTolGradcheck);
     }
   }
+}
+
+TEST_CASE("moe router logits: CPU equals x . W^T, float64 gradcheck", "[moe][ops]") {
+  const int64_t N = 9, d = 6, E = 5;
+  Tensor x = randn({N, d}, DType::f64, Device::cpu(), 20), W = randn({E, d}, DType::f64, Device::cpu(), 21);
+  const std::vector<double> xv = x.to_doubles(), wv = W.to_doubles();
+  const std::vector<double> lv = ops::moe_router_logits(x, W).to_doubles();
+  std::vector<double> want(size_t(N * E), 0.0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t c = 0; c < d; ++c) want[size_t(t * E + e)] += xv[size_t(t * d + c)] * wv[size_t(e * d + c)];
+  CHECK(rel_error(lv, want) < 1e-14);
+  x.set_requires_grad(true);
+  W.set_requires_grad(true);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::moe_router_logits(in[0], in[1]); }, {x, W}) <
+        kTolGradcheck);
+  // f32 inputs give f32 logits; mismatched dtypes are refused by name.
+  CHECK(ops::moe_router_logits(convert(x, DType::f32, Device::cpu()), convert(W, DType::f32, Device::cpu())).dtype() ==
+        DType::f32);
+  CHECK_THROWS_WITH(ops::moe_router_logits(x, convert(W, DType::f32, Device::cpu())),
+                    Catch::Contains("moe_router_logits: W"));
 }
 
 TEST_CASE("moe plan: stable expert-contiguous order, empty experts, capacity", "[moe][ops]") {
@@ -411,6 +433,45 @@ TEST_CASE("moe router CUDA matches CPU, deterministic", "[gpu][moe]") {
     CHECK(g[2].to_ints() == ref[2].to_ints());
     for (int i : {0, 3, 4, 5}) CHECK(rel_error(g[size_t(i)], ref[size_t(i)]) < kTolF32);
     for (int i = 0; i < 6; ++i) CHECK(g[size_t(i)].to_doubles() == g2run[size_t(i)].to_doubles());
+  }
+}
+
+TEST_CASE("moe router logits CUDA matches CPU: bf16 forward exact to fp32, hi/lo backward near fp32", "[gpu][moe]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  struct Case {
+    int64_t N, d, E;
+  };
+  for (Case c : {Case{1001, 64, 8}, Case{4097, 768, 64}, Case{33, 40, 5}, Case{257, 24, 13}}) {
+    for (DType dt : {DType::f32, DType::bf16}) {
+      for (bool acc : {false, true}) {
+        INFO("N " << c.N << " d " << c.d << " E " << c.E << " " << dtype_name(dt) << " accumulate " << acc);
+        const Tensor x = rounded(randn({c.N, c.d}, DType::f32, Device::cpu(), 70), dt);
+        const Tensor W = rounded(randn({c.E, c.d}, DType::f32, Device::cpu(), 71, 0.05), dt);
+        const Tensor g = randn({c.N, c.E}, DType::f32, Device::cpu(), 72, 1e-3);  // fp32 dlogits, full mantissa
+        const Tensor dx0 = rounded(randn({c.N, c.d}, DType::f32, Device::cpu(), 73, 1e-3), dt);
+        const Tensor dw0 = randn({c.E, c.d}, DType::f32, Device::cpu(), 74, 1e-2);
+        // The reference: f64 GEMMs of the same (rounded) values.
+        auto run = [&](Device dev, DType in_dt, DType grad_dt) {
+          Tensor xd = convert(x, in_dt, dev), wd = convert(W, in_dt, dev);
+          Tensor logits = Tensor::empty({c.N, c.E}, in_dt == DType::f64 ? DType::f64 : DType::f32, dev);
+          ops::moe_router_logits_forward(xd, wd, logits);
+          Tensor dx = acc ? convert(dx0, in_dt, dev) : nan_filled({c.N, c.d}, in_dt, dev);
+          Tensor dw = acc ? convert(dw0, grad_dt, dev) : nan_filled({c.E, c.d}, grad_dt, dev);
+          ops::moe_router_logits_backward(xd, wd, convert(g, logits.dtype(), dev), GradSlot{dx, acc},
+                                          GradSlot{dw, acc});
+          return std::vector<Tensor>{logits, dx, dw};
+        };
+        const std::vector<Tensor> ref = run(Device::cpu(), DType::f64, DType::f64);
+        const std::vector<Tensor> gpu = run(Device::cuda(), dt, DType::f32), again = run(Device::cuda(), dt, DType::f32);
+        CHECK(rel_error(gpu[0], ref[0]) < kTolF32);
+        // dx is rounded once to x's dtype; dW (f32) carries dlogits to 2^-17 with bf16 inputs, where
+        // bf16(dlogits) alone would leave ~2^-9.
+        CHECK(rel_error(gpu[1], ref[1]) < (dt == DType::f32 ? kTolF32 : kTolBF16));
+        CHECK(rel_error(gpu[2], ref[2]) < 3 * kTolF32);
+        for (int i = 0; i < 3; ++i) CHECK(gpu[size_t(i)].to_doubles() == again[size_t(i)].to_doubles());
+      }
+    }
   }
 }
 

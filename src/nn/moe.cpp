@@ -5,7 +5,7 @@
 #include "ultramem/ops/activation.h"
 #include "ultramem/ops/elementwise.h"
 #include "ultramem/ops/grouped_linear.h"
-#include "ultramem/ops/linear.h"
+#include "ultramem/ops/moe_router_logits.h"
 
 namespace um::nn {
 
@@ -16,9 +16,8 @@ MoeLayerResult moe_layer(const Tensor& x, const Tensor& router, const Tensor& w1
   UM_CHECK(router.defined() && router.ndim() == 2 && router.dim(0) == E,
            detail::concat("moe_layer: a router weight [", E, ", d]"), router.defined() ? router.desc() : "undefined");
   MoeLayerResult r;
-  // Routing in fp32 (f64 for gradchecks): the casts are no-ops when x is already in that dtype.
-  const DType route_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor logits = ops::linear(ops::cast(x, route_dt), ops::cast(router, route_dt), Tensor());
+  // Routing in fp32 (f64 for gradchecks) whatever the activations' dtype.
+  Tensor logits = ops::moe_router_logits(x, router);
   r.routing = ops::moe_router(logits, o.router);
   int64_t capacity = 0;
   if (o.capacity_factor > 0)

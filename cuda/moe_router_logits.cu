@@ -1,0 +1,93 @@
+// CUDA router logits (see ultramem/ops/moe_router_logits.h for the precision argument).
+//
+// f32 x and W: the linear op's f32 GEMMs, unchanged. bf16 x and W, with Ep = E rounded up to 8 (so the
+// lo half starts 16-byte aligned and every leading dimension is a multiple of 8 elements):
+//   forward  logits^T [E, N] = W (op T) . x^T, bf16 inputs, f32 accumulate and output
+//   split    G [N, 2 Ep] bf16: G[t, e] = hi, G[t, Ep + e] = lo, zero in the padding columns
+//   dx       dx^T [d, N] = W2 [2 Ep, d]^T . G^T, with W2 = [W; 0; W; 0] (rows E..Ep zero), K = 2 Ep
+//   dW       dW^T [d, E] = x^T . hi (op T) (beta = slot.accumulate), then += x^T . lo (op T); exact to the
+//            split in the f32 master gradient (a bf16 dW slot would round between the two)
+#include "linear_cublaslt.cuh"
+#include "ultramem/core/arena.h"
+#include "ultramem/ops/linear.h"
+#include "ultramem/ops/moe_router_logits.h"
+
+namespace um::cuda {
+namespace {
+
+int64_t padded_experts(int64_t E) { return (E + 7) / 8 * 8; }
+
+__global__ void split_hi_lo_kernel(const float* __restrict__ g, int64_t N, int E, int Ep, bf16* __restrict__ G) {
+  const int64_t n = N * 2 * Ep;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (2 * Ep);
+    const int c = int(i - t * 2 * Ep), e = c < Ep ? c : c - Ep;
+    float v = 0.f;
+    if (e < E) {
+      const float x = g[t * E + e];
+      const bf16 hi = __float2bfloat16(x);
+      v = c < Ep ? __bfloat162float(hi) : x - __bfloat162float(hi);
+    }
+    G[i] = __float2bfloat16(v);
+  }
+}
+
+}  // namespace
+
+void moe_router_logits_forward(const Tensor& x, const Tensor& W, const Tensor& logits) {
+  if (x.dtype() == DType::f32) return cuda::linear_forward(x, W, Tensor(), ops::Activation::none, logits, Tensor());
+  const int64_t N = x.dim(0), d = x.dim(1), E = W.dim(0);
+  if (N == 0) return;
+  LtGemm g;
+  g.trans_a = true;
+  g.m = E, g.n = N, g.k = d;
+  g.a = W.data(), g.lda = d, g.a_type = CUDA_R_16BF;
+  g.b = x.data(), g.ldb = d, g.b_type = CUDA_R_16BF;
+  g.d = logits.data(), g.ldd = E, g.d_type = CUDA_R_32F;
+  UM_CHECK(lt_gemm(g), "a cuBLASLt algorithm for the router logits GEMM (bf16 in, f32 out)", x.desc(), " . ",
+           W.desc());
+}
+
+void moe_router_logits_backward(const Tensor& x, const Tensor& W, const Tensor& dlogits, const GradSlot& dx,
+                                const GradSlot& dW) {
+  if (x.dtype() == DType::f32) return cuda::linear_backward(x, W, dlogits, Tensor(), ops::Activation::none, dx, dW, GradSlot{});
+  const int64_t N = x.dim(0), d = x.dim(1), E = W.dim(0), Ep = padded_experts(E);
+  if (N == 0) {
+    if (dW && !dW.accumulate) dW.grad.zero_();
+    return;
+  }
+  const Device dev = x.device();
+  Tensor G = alloc_activation(Shape{N, 2 * Ep}, DType::bf16, dev);
+  split_hi_lo_kernel<<<std::min<unsigned>(ceil_div(N * 2 * Ep, 256), unsigned(sm_count()) * 16u), 256, 0, stream()>>>(
+      dlogits.data_as<float>(), N, int(E), int(Ep), G.data_as<bf16>());
+  UM_CUDA_LAUNCHED();
+  if (dx) {
+    Tensor W2 = alloc_activation(Shape{2 * Ep, d}, DType::bf16, dev);
+    const size_t w_bytes = size_t(E * d) * sizeof(bf16), half_bytes = size_t(Ep * d) * sizeof(bf16);
+    auto* w2 = static_cast<char*>(W2.data());
+    if (Ep != E) UM_CUDA(cudaMemsetAsync(w2, 0, 2 * half_bytes, stream()));
+    UM_CUDA(cudaMemcpyAsync(w2, W.data(), w_bytes, cudaMemcpyDeviceToDevice, stream()));
+    UM_CUDA(cudaMemcpyAsync(w2 + half_bytes, W.data(), w_bytes, cudaMemcpyDeviceToDevice, stream()));
+    LtGemm g;
+    g.m = d, g.n = N, g.k = 2 * Ep;
+    g.a = W2.data(), g.lda = d, g.a_type = CUDA_R_16BF;
+    g.b = G.data(), g.ldb = 2 * Ep, g.b_type = CUDA_R_16BF;
+    g.d = dx.grad.data(), g.ldd = d, g.d_type = CUDA_R_16BF;
+    g.accumulate = dx.accumulate;
+    UM_CHECK(lt_gemm(g), "a cuBLASLt algorithm for the router dx GEMM", dlogits.desc(), " . ", W.desc());
+  }
+  if (dW) {
+    for (int half = 0; half < 2; ++half) {
+      LtGemm g;
+      g.trans_b = true;
+      g.m = d, g.n = E, g.k = N;
+      g.a = x.data(), g.lda = d, g.a_type = CUDA_R_16BF;
+      g.b = G.data_as<bf16>() + half * Ep, g.ldb = 2 * Ep, g.b_type = CUDA_R_16BF;
+      g.d = dW.grad.data(), g.ldd = d, g.d_type = lt_type(dW.grad.dtype());
+      g.accumulate = half == 1 || dW.accumulate;
+      UM_CHECK(lt_gemm(g), "a cuBLASLt algorithm for the router dW GEMM", dlogits.desc(), "^T . ", x.desc());
+    }
+  }
+}
+
+}  // namespace um::cuda
