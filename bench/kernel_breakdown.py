@@ -13,12 +13,22 @@ import sys
 
 
 def short(name):
-    # Template arguments and parameter lists make kernel names unreadable; keep the function's own name
-    # and, for cuBLAS kernels, the tile part that tells them apart.
-    name = re.sub(r"\(.*", "", name)
-    base = re.sub(r"<.*", "", name).strip()
-    base = base.split("::")[-1] if "::" in base and not base.startswith("void") else base.replace("void ", "")
-    return base[:90]
+    # Keep the kernel's own name and its template arguments (they tell the sm90 modes and the cuBLAS tiles
+    # apart); drop the return type, the namespaces and the parameter list.
+    name = name.replace("(anonymous namespace)::", "").replace("void ", "")
+    depth, cut = 0, len(name)
+    for i, ch in enumerate(name):  # the parameter list is the first '(' outside template brackets
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            cut = i
+            break
+    name = name[:cut]
+    head, _, tail = name.partition("<")
+    head = head.split("::")[-1]
+    return (head + ("<" + tail if tail else ""))[:110]
 
 
 def rows_of(path):

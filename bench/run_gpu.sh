@@ -61,6 +61,7 @@ if [[ $STEPS == *profile* ]]; then
   prof top8of64-sm90 "top-8 of 64" sm90 moe
   prof top2of8-h1632-loop "h 1632" loop moe
   prof top2of8-h1632-sm90 "h 1632" sm90 moe
+  tar czf "$OUT/profiles.tgz" -C /tmp $(cd /tmp && ls prof-*.csv prof-*.log 2>/dev/null)
 fi
 if [[ $STEPS == *e2e* ]]; then
   log "end-to-end gpt2-124m"

@@ -1,9 +1,10 @@
-// CUDA MoE router. One thread per token computes its softmax (two passes over the row for max and
-// sum, fp32 expf), keeps the k largest probabilities in registers (an unrolled insertion network of
-// kMaxK slots; strict comparisons, so equal probabilities keep the lower expert first, as the CPU)
-// and counts assignments with integer atomics (order-independent, so deterministic). P_e and the
-// z-loss sum are column sums in a fixed order (one block per expert, block_sum), and one warp
-// finishes both losses: no float atomics anywhere, bitwise reproducible.
+// CUDA MoE router. One warp per token, its lanes striding the row (coalesced loads and stores):
+// max and sum by warp reductions, then the k largest probabilities by k warp arg-max passes, pass j
+// taking the largest (p, -e) below pass j-1's pick in that order (so equal probabilities keep the lower
+// expert first, as the CPU; NaNs are never picked). Assignments are counted with integer atomics
+// (order-independent, so deterministic). P_e and the z-loss sum are column sums in two fixed-order passes
+// (chunks of rows give partials, then the chunks are added in order), and one warp finishes both losses:
+// no float atomics anywhere, bitwise reproducible.
 #include "ultramem/ops/moe_router.h"
 
 #include "common.cuh"
@@ -13,71 +14,93 @@ namespace um::cuda {
 namespace {
 
 constexpr int kMaxK = int(ops::kMoeMaxTopK);
-constexpr int kThreads = 128;
+static_assert(kMaxK <= 32, "one lane per selected slot");
+constexpr int kWarps = 4;  // tokens per block of the per-token kernels
+constexpr int kSumThreads = 256, kSumRows = 128;
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kWarps * 32)
     router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,
                        float* __restrict__ probs, float* __restrict__ lse, float* __restrict__ weights,
                        int32_t* __restrict__ experts, int32_t* __restrict__ counts, float* __restrict__ z_terms) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= N) return;
+  const int lane = threadIdx.x & 31, t = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (t >= N) return;  // warp-uniform
   const float* x = logits + int64_t(t) * E;
   float* p = probs + int64_t(t) * E;
-  float m = x[0];
-  for (int e = 1; e < E; ++e) m = fmaxf(m, x[e]);
+  float m = -INFINITY;
+  for (int e = lane; e < E; e += 32) m = fmaxf(m, x[e]);
+  m = warp_max(m);
   float s = 0.f;
-  for (int e = 0; e < E; ++e) s += expf(x[e] - m);
+  for (int e = lane; e < E; e += 32) s += expf(x[e] - m);
+  s = warp_sum(s);
   const float l = m + logf(s);
-  lse[t] = l;
-  z_terms[t] = l * l;
-  float tv[kMaxK];
-  int ti[kMaxK];
-#pragma unroll
-  for (int i = 0; i < kMaxK; ++i) tv[i] = -1.f, ti[i] = i;  // probabilities are >= 0: any one displaces -1
-  for (int e = 0; e < E; ++e) {
-    float v = expf(x[e] - m) / s;
-    p[e] = v;
-    int id = e;
-    bool inserted = false;
-#pragma unroll
-    for (int i = 0; i < kMaxK; ++i) {
-      if (i < k && (inserted || v > tv[i])) {  // after the insertion point every slot shifts down by one
-        const float tvi = tv[i];
-        const int tii = ti[i];
-        tv[i] = v, ti[i] = id;
-        v = tvi, id = tii;
-        inserted = true;
-      }
+  for (int e = lane; e < E; e += 32) p[e] = expf(x[e] - m) / s;
+  __syncwarp();
+  // Pass j: the largest (v, -e) strictly below (pv, -pe). Every lane ends a pass with the same pick.
+  float pv = INFINITY, my_v = -1.f, sel = 0.f;
+  int pe = -1, my_e = 0;
+  for (int j = 0; j < k; ++j) {
+    float bv = -1.f;  // probabilities are >= 0: any eligible one displaces -1
+    int be = INT32_MAX;
+    for (int e = lane; e < E; e += 32) {
+      const float v = p[e];
+      const bool eligible = v < pv || (v == pv && e > pe);
+      if (eligible && (v > bv || (v == bv && e < be))) bv = v, be = e;
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+      if (ov > bv || (ov == bv && oe < be)) bv = ov, be = oe;
+    }
+    if (be == INT32_MAX) be = j;  // nothing eligible (NaN logits): keep a valid expert id, weight -1
+    pv = bv, pe = be;
+    sel += bv;
+    if (lane == j) my_v = bv, my_e = be;
   }
-  float sel = 0.f;
-#pragma unroll
-  for (int i = 0; i < kMaxK; ++i)
-    if (i < k) sel += tv[i];
-#pragma unroll
-  for (int i = 0; i < kMaxK; ++i) {
-    if (i < k) {
-      // tv[i] == -1 only for NaN logits (no comparison succeeded): keep a valid expert id.
-      weights[int64_t(t) * k + i] = renormalize ? tv[i] / sel : tv[i];
-      experts[int64_t(t) * k + i] = ti[i];
-      atomicAdd(&counts[ti[i]], 1);
-    }
+  if (lane < k) {
+    weights[int64_t(t) * k + lane] = renormalize ? my_v / sel : my_v;
+    experts[int64_t(t) * k + lane] = my_e;
+    atomicAdd(&counts[my_e], 1);
+  }
+  if (lane == 0) {
+    lse[t] = l;
+    z_terms[t] = l * l;
   }
 }
 
-// Block c < E: sum over tokens of probs[:, c]; block E: sum of z_terms. Fixed order (block_sum).
-__global__ void __launch_bounds__(256)
-    router_column_sums_kernel(const float* __restrict__ probs, const float* __restrict__ z_terms, int N, int E,
-                              float* __restrict__ sums) {
-  const int c = blockIdx.x;
-  float s = 0.f;
-  if (c < E) {
-    for (int t = threadIdx.x; t < N; t += blockDim.x) s += probs[int64_t(t) * E + c];
-  } else {
-    for (int t = threadIdx.x; t < N; t += blockDim.x) s += z_terms[t];
+// Pass 1 of the column sums of [probs | z_terms] (E + 1 columns): block b sums rows [b kSumRows,
+// (b + 1) kSumRows) into partials[b, :]. Threads are (row lane, column); row lanes are added in order.
+__global__ void __launch_bounds__(kSumThreads)
+    router_partials_kernel(const float* __restrict__ probs, const float* __restrict__ z_terms, int N, int E,
+                           float* __restrict__ partials) {
+  __shared__ float lane_sums[kSumThreads];
+  const int C = E + 1;
+  const int lanes = C >= kSumThreads ? 1 : kSumThreads / C;
+  const int r0 = blockIdx.x * kSumRows, r1 = min(N, r0 + kSumRows);
+  for (int c0 = 0; c0 < C; c0 += kSumThreads) {
+    const int rl = threadIdx.x / min(C, kSumThreads), c = c0 + threadIdx.x % min(C, kSumThreads);
+    float s = 0.f;
+    if (rl < lanes && c < C)
+      for (int r = r0 + rl; r < r1; r += lanes) s += c < E ? probs[int64_t(r) * E + c] : z_terms[r];
+    lane_sums[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x < min(C - c0, kSumThreads)) {
+      const int w = min(C, kSumThreads);
+      float total = 0.f;
+      for (int l = 0; l < lanes; ++l) total += lane_sums[l * w + threadIdx.x];
+      partials[int64_t(blockIdx.x) * C + c0 + threadIdx.x] = total;
+    }
+    __syncthreads();
   }
-  s = block_sum(s);
-  if (threadIdx.x == 0) sums[c] = s;
+}
+
+// Pass 2: sums[c] = sum over chunks of partials[:, c], in chunk order.
+__global__ void router_finalize_kernel(const float* __restrict__ partials, int chunks, int C, float* __restrict__ sums) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int b = 0; b < chunks; ++b) s += partials[int64_t(b) * C + c];
+  sums[c] = s;
 }
 
 // One warp: balance = bw E sum_e counts[e] P_e / (N k), P_e = sums[e] / N; z = zw sums[E] / N.
@@ -93,54 +116,50 @@ __global__ void router_losses_kernel(const int32_t* __restrict__ counts, const f
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
+// One warp per token; lane j < k holds selected slot j, lanes stride the row for the rest.
+__global__ void __launch_bounds__(kWarps * 32)
     router_backward_kernel(const float* __restrict__ probs, const float* __restrict__ lse,
                            const float* __restrict__ weights, const int32_t* __restrict__ experts,
                            const int32_t* __restrict__ counts, const float* __restrict__ dweights,
                            const float* __restrict__ dbalance, const float* __restrict__ dz, int N, int E, int k,
                            bool renormalize, float balance_weight, float z_weight, float* __restrict__ dlogits,
                            bool accumulate) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= N) return;
+  const int lane = threadIdx.x & 31, t = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (t >= N) return;  // warp-uniform
   const float bal_scale =
       dbalance ? balance_weight * float(E) / (float(N) * float(N) * float(k)) * dbalance[0] : 0.f;
   const float z_scale = dz ? 2.f * z_weight / float(N) * dz[0] * lse[t] : 0.f;
   const float* p = probs + int64_t(t) * E;
-  int ex[kMaxK];
-  float dsel[kMaxK];
-  float sel = 0.f, gdotw = 0.f;
-#pragma unroll
-  for (int i = 0; i < kMaxK; ++i) {
-    ex[i] = -1, dsel[i] = 0.f;
-    if (i < k) {
-      ex[i] = experts[int64_t(t) * k + i];
-      if (dweights) {
-        dsel[i] = dweights[int64_t(t) * k + i];
-        gdotw += dsel[i] * weights[int64_t(t) * k + i];
-      }
-      sel += p[ex[i]];
+  int ex = -1;
+  float dsel = 0.f, psel = 0.f, gw = 0.f;
+  if (lane < k) {
+    ex = experts[int64_t(t) * k + lane];
+    psel = p[ex];
+    if (dweights) {
+      dsel = dweights[int64_t(t) * k + lane];
+      gw = dsel * weights[int64_t(t) * k + lane];
     }
   }
-  if (renormalize) {
-#pragma unroll
-    for (int i = 0; i < kMaxK; ++i)
-      if (i < k) dsel[i] = (dsel[i] - gdotw) / sel;
-  }
+  const float sel = warp_sum(psel), gdotw = warp_sum(gw);
+  if (renormalize && lane < k) dsel = (dsel - gdotw) / sel;
   // s = sum_e p_e dp_e with dp_e = bal_scale counts[e] + (the selected slots' terms).
-  float s = 0.f;
+  float s = psel * dsel;
   if (bal_scale != 0.f)
-    for (int e = 0; e < E; ++e) s += p[e] * (bal_scale * float(counts[e]));
-#pragma unroll
-  for (int i = 0; i < kMaxK; ++i)
-    if (i < k) s += p[ex[i]] * dsel[i];
+    for (int e = lane; e < E; e += 32) s += p[e] * (bal_scale * float(counts[e]));
+  s = warp_sum(s);
   float* g = dlogits + int64_t(t) * E;
-  for (int e = 0; e < E; ++e) {
-    float dp = bal_scale * float(counts[e]);
-#pragma unroll
-    for (int i = 0; i < kMaxK; ++i)
-      if (i < k && ex[i] == e) dp += dsel[i];
-    const float v = p[e] * (dp - s) + z_scale * p[e];
-    g[e] = accumulate ? g[e] + v : v;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    float dp = e < E ? bal_scale * float(counts[e]) : 0.f;
+    for (int j = 0; j < k; ++j) {
+      const int ej = __shfl_sync(0xffffffffu, ex, j);
+      const float dj = __shfl_sync(0xffffffffu, dsel, j);
+      if (ej == e) dp += dj;
+    }
+    if (e < E) {
+      const float v = p[e] * (dp - s) + z_scale * p[e];
+      g[e] = accumulate ? g[e] + v : v;
+    }
   }
 }
 
@@ -151,14 +170,18 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
                         const Tensor& balance_loss, const Tensor& z_loss) {
   const int N = int(logits.dim(0)), E = int(logits.dim(1)), k = int(o.top_k);
   Arena& arena = arena_for(logits.device());
+  const int chunks = int(ceil_div(N, kSumRows));
   auto* z_terms = static_cast<float*>(arena.alloc_bytes(size_t(N) * sizeof(float)));
+  auto* partials = static_cast<float*>(arena.alloc_bytes(size_t(chunks) * size_t(E + 1) * sizeof(float)));
   auto* sums = static_cast<float*>(arena.alloc_bytes(size_t(E + 1) * sizeof(float)));
   UM_CUDA(cudaMemsetAsync(counts.data(), 0, counts.nbytes(), stream()));
-  router_topk_kernel<<<ceil_div(N, kThreads), kThreads, 0, stream()>>>(
+  router_topk_kernel<<<ceil_div(N, kWarps), kWarps * 32, 0, stream()>>>(
       logits.data_as<float>(), N, E, k, o.renormalize, probs.data_as<float>(), lse.data_as<float>(),
       weights.data_as<float>(), experts.data_as<int32_t>(), counts.data_as<int32_t>(), z_terms);
   UM_CUDA_LAUNCHED();
-  router_column_sums_kernel<<<E + 1, 256, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, sums);
+  router_partials_kernel<<<chunks, kSumThreads, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, partials);
+  UM_CUDA_LAUNCHED();
+  router_finalize_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(partials, chunks, E + 1, sums);
   UM_CUDA_LAUNCHED();
   router_losses_kernel<<<1, 32, 0, stream()>>>(counts.data_as<int32_t>(), sums, N, E, k, float(o.balance_weight),
                                                float(o.z_weight), balance_loss.data_as<float>(),
@@ -170,7 +193,7 @@ void moe_router_backward(const ops::MoeRouterOptions& o, const Tensor& probs, co
                          const Tensor& experts, const Tensor& counts, const Tensor& dweights, const Tensor& dbalance,
                          const Tensor& dz, const GradSlot& dlogits) {
   const int N = int(probs.dim(0)), E = int(probs.dim(1)), k = int(o.top_k);
-  router_backward_kernel<<<ceil_div(N, kThreads), kThreads, 0, stream()>>>(
+  router_backward_kernel<<<ceil_div(N, kWarps), kWarps * 32, 0, stream()>>>(
       probs.data_as<float>(), lse.data_as<float>(), weights.data_as<float>(), experts.data_as<int32_t>(),
       counts.data_as<int32_t>(), dweights.defined() ? dweights.data_as<float>() : nullptr,
       dbalance.defined() ? dbalance.data_as<float>() : nullptr, dz.defined() ? dz.data_as<float>() : nullptr, N, E, k,

@@ -12,7 +12,7 @@
 // f_e is a count, so it takes no gradient (as everywhere); P_e and the z-loss do.
 //
 // Backward: dp = dp(weights) + dp(balance); dlogits = p * (dp - sum_e p dp) + dz * 2 z_weight lse p / N.
-// The GPU runs one thread per token (E up to kMaxExperts, k up to kMaxTopK) and fixed-order
+// The GPU runs one warp per token (E up to kMaxExperts, k up to kMaxTopK) and fixed-order
 // reductions for P_e and the z-loss sum: deterministic, no float atomics (counts are integer atomics).
 #pragma once
 #include "ultramem/core/tape.h"
