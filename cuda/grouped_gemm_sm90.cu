@@ -434,7 +434,7 @@ bool wide_for(int64_t n) {
   return padded(Wide::kBN) <= padded(Narrow::kBN);
 }
 
-void fill_groups(Groups& g, const HostGroups& h) {
+void fill_groups(Groups& g, const ops::RowGroups& h) {
   UM_CHECK(h.start.size() == h.size.size() && h.size.size() <= size_t(kMaxGroups) && !h.size.empty(),
            "sm90 grouped GEMM: 1 to 1024 groups", h.size.size());
   g.count = int(h.size.size());
@@ -471,7 +471,7 @@ void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, in
   launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ma, mb, g, args);
 }
 
-int64_t rows_end(const HostGroups& h) {
+int64_t rows_end(const ops::RowGroups& h) {
   int64_t end = 0;
   for (size_t i = 0; i < h.size.size(); ++i) end = std::max(end, h.start[i] + h.size[i]);
   return end;
@@ -500,7 +500,7 @@ bool available() {
 }
 
 void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, int64_t N, int64_t K,
-                       const HostGroups& groups, bool accumulate) {
+                       const ops::RowGroups& groups, bool accumulate) {
   thread_local Groups g;  // 12 KiB: built on the host per call, copied into the launch's parameters
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
@@ -510,7 +510,7 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
 }
 
-void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const HostGroups& groups,
+void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
                           bool accumulate) {
   thread_local Groups g;
   fill_groups(g, groups);

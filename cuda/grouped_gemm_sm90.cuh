@@ -15,9 +15,9 @@
 // `available()`.
 #pragma once
 #include <cstdint>
-#include <vector>
 
 #include "common.cuh"
+#include "ultramem/ops/grouped_linear.h"
 
 namespace um::cuda::sm90 {
 
@@ -26,19 +26,15 @@ constexpr int kMaxGroups = 1024;
 // True when this build carries sm_90a code and the current device runs it (compute capability 9.0).
 bool available();
 
-struct HostGroups {
-  std::vector<int64_t> start, size;  // rows of each group in the row-major operands
-};
-
 // rows: C (bf16 [rows, N], ldc = N) = A (bf16 [rows, K]) . B_g^T for each group's rows; B_g at
 // b + g * N * K, K-major ([N, K]) or, with b_mn_major, MN-major ([K, N]). Rows outside every group are
 // not written. accumulate: C += instead of C =.
 void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, int64_t N, int64_t K,
-                       const HostGroups& groups, bool accumulate);
+                       const ops::RowGroups& groups, bool accumulate);
 
 // weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16
 // [rows, M], B bf16 [rows, N]. An empty group writes C_g = 0 (accumulate: leaves it).
-void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const HostGroups& groups,
+void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
                           bool accumulate);
 
 }  // namespace um::cuda::sm90

@@ -166,8 +166,6 @@ bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
          x.dim(0) > 0 && x.dim(0) < int64_t(INT32_MAX) && aligned(x) && aligned(W) && sm90::available();
 }
 
-sm90::HostGroups host_groups(const ops::RowGroups& groups) { return {groups.start, groups.size}; }
-
 }  // namespace
 
 void set_grouped_gemm_mode(const std::string& mode) {
@@ -189,7 +187,7 @@ void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGrou
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(y.data(), 0, y.nbytes(), stream()));
   if (use_sm90(x, W, groups)) {
     sm90::grouped_gemm_rows(x.data_as<bf16>(), W.data_as<bf16>(), false, y.data_as<bf16>(), out, in,
-                            host_groups(groups), false);
+                            groups, false);
     return;
   }
   std::vector<Problem> ps;
@@ -213,7 +211,7 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
       UM_CUDA(cudaMemsetAsync(dx.grad.data(), 0, dx.grad.nbytes(), stream()));
     if (sm90_ok) {  // dx = dy . W_g: W_g [out, in] is the MN-major B of a product over out
       sm90::grouped_gemm_rows(dy.data_as<bf16>(), W.data_as<bf16>(), true, dx.grad.data_as<bf16>(), in, out,
-                              host_groups(groups), dx.accumulate);
+                              groups, dx.accumulate);
     } else {
       std::vector<Problem> ps;
       for (int64_t g = 0; g < groups.count(); ++g) {
@@ -227,7 +225,7 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   }
   if (dW && sm90_ok && dW.grad.dtype() == DType::f32) {
     sm90::grouped_gemm_weights(dy.data_as<bf16>(), x.data_as<bf16>(), dW.grad.data_as<float>(), out, in,
-                               host_groups(groups), dW.accumulate);
+                               groups, dW.accumulate);
     return;
   }
   if (dW) {

@@ -4,7 +4,8 @@
 // cub::DeviceRadixSort::SortPairs over the bits that hold E (stable: within an expert the assignments
 // stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e) by one
 // thread per expert; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
-// the error flag) are copied to the host: the one synchronisation of the layer.
+// the error flag) are copied into pinned host memory and an event recorded; moe_plan_build_finish waits for
+// that event (the one synchronisation of the layer, overlapped with whatever was queued after the copy).
 // Permute / combine: one warp per row or token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and
 // the pointers allow, else scalars), fp32 sums in a fixed slot order; the combine backward writes each
 // permuted row's gradient exactly once (by its token) and takes dweights as warp dot products.
@@ -179,6 +180,31 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// The pinned staging of the plan in flight on this thread: its offsets, the error flag and the copy's event.
+// One at a time; the ticket tells a finish which start it belongs to.
+struct PlanStaging {
+  int32_t* offsets = nullptr;
+  unsigned long long* bad = nullptr;
+  size_t capacity = 0;  // offsets it holds
+  cudaEvent_t copied = nullptr;
+  uint64_t ticket = 0;
+};
+
+PlanStaging& staging(size_t offsets) {
+  thread_local PlanStaging s;
+  if (!s.copied) UM_CUDA(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
+  if (!s.bad) UM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.bad), sizeof(unsigned long long), cudaHostAllocDefault));
+  if (s.capacity < offsets) {
+    if (s.offsets) {
+      UM_CUDA(cudaEventSynchronize(s.copied));  // an abandoned plan's copy may still be writing it
+      UM_CUDA(cudaFreeHost(s.offsets));
+    }
+    UM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.offsets), offsets * sizeof(int32_t), cudaHostAllocDefault));
+    s.capacity = offsets;
+  }
+  return s;
+}
+
 unsigned row_grid(int64_t rows) {
   return std::max(1u, std::min<unsigned>(ceil_div(rows, kWarps), unsigned(sm_count()) * 32u));
 }
@@ -229,24 +255,38 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   } else {
     UM_CUDA(cudaMemsetAsync(offsets, 0, size_t(E + 1) * sizeof(int32_t), stream()));
   }
-  std::vector<int32_t> host(size_t(E + 1));
-  unsigned long long bad_host = kNoBad;
-  UM_CUDA(cudaMemcpyAsync(host.data(), offsets, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream()));
-  UM_CUDA(cudaMemcpyAsync(&bad_host, bad, sizeof(bad_host), cudaMemcpyDeviceToHost, stream()));
-  UM_CUDA(cudaStreamSynchronize(stream()));
+  PlanStaging& st = staging(size_t(E + 1));
+  UM_CUDA(cudaEventSynchronize(st.copied));  // an abandoned plan's copy must land before this one reuses the memory
+  UM_CUDA(cudaMemcpyAsync(st.offsets, offsets, size_t(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream()));
+  UM_CUDA(cudaMemcpyAsync(st.bad, bad, sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream()));
+  UM_CUDA(cudaEventRecord(st.copied, stream()));
+  plan.host_ticket = ++st.ticket;
+  plan.experts_for_errors = experts;
+}
+
+void moe_plan_build_finish(ops::MoePlan& plan) {
+  const int E = int(plan.num_experts);
+  PlanStaging& st = staging(size_t(E + 1));
+  UM_CHECK(plan.host_ticket == st.ticket, "moe_plan_finish: the plan this thread started last",
+           "a plan abandoned by a later moe_plan_start");
+  UM_CUDA(cudaEventSynchronize(st.copied));
+  plan.host_ticket = 0;
+  const unsigned long long bad_host = *st.bad;
   if (bad_host != kNoBad) {
     int32_t id = 0;
-    UM_CUDA(cudaMemcpy(&id, experts.data_as<int32_t>() + bad_host, sizeof(id), cudaMemcpyDeviceToHost));
+    UM_CUDA(cudaMemcpy(&id, plan.experts_for_errors.data_as<int32_t>() + bad_host, sizeof(id), cudaMemcpyDeviceToHost));
     throw Error(detail::concat("moe_plan: experts position ", bad_host), detail::concat("an expert id in [0, ", E, ")"),
                 std::to_string(id));
   }
+  plan.experts_for_errors = Tensor();
+  const int32_t* host = st.offsets;
   plan.counts.assign(size_t(E), 0);
   plan.groups.start.assign(size_t(E), 0);
   plan.groups.size.assign(size_t(E), 0);
   for (int e = 0; e < E; ++e) {
-    const int64_t n = host[size_t(e + 1)] - host[size_t(e)];
+    const int64_t n = host[e + 1] - host[e];
     plan.counts[size_t(e)] = n;
-    plan.groups.start[size_t(e)] = host[size_t(e)];
+    plan.groups.start[size_t(e)] = host[e];
     plan.groups.size[size_t(e)] = plan.capacity > 0 ? std::min<int64_t>(n, plan.capacity) : n;
   }
 }

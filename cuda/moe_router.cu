@@ -1,10 +1,11 @@
 // CUDA MoE router. One warp per token, its lanes striding the row (coalesced loads and stores):
 // max and sum by warp reductions, then the k largest probabilities by k warp arg-max passes, pass j
 // taking the largest (p, -e) below pass j-1's pick in that order (so equal probabilities keep the lower
-// expert first, as the CPU; NaNs are never picked). Assignments are counted with integer atomics
-// (order-independent, so deterministic). P_e and the z-loss sum are column sums in two fixed-order passes
-// (chunks of rows give partials, then the chunks are added in order), and one warp finishes both losses:
-// no float atomics anywhere, bitwise reproducible.
+// expert first, as the CPU; NaNs are never picked). Assignments are counted per block in shared memory
+// and the block counts added by the finalize pass: global atomics on E adjacent counters serialise in one
+// L2 slice (~0.5 ns each: 65 us for 16k tokens x top-8). P_e and the z-loss sum are column sums in two
+// fixed-order passes (chunks of rows give partials, then the chunks are added in order), and one warp
+// finishes both losses: no float atomics anywhere, bitwise reproducible.
 #include "ultramem/ops/moe_router.h"
 
 #include "common.cuh"
@@ -15,15 +16,16 @@ namespace {
 
 constexpr int kMaxK = int(ops::kMoeMaxTopK);
 static_assert(kMaxK <= 32, "one lane per selected slot");
-constexpr int kWarps = 4;  // tokens per block of the per-token kernels
+constexpr int kWarps = 4;  // tokens per block of the backward kernel
+constexpr int kTopkWarps = 8, kTopkBlocksPerSm = 2;  // the top-k kernel: grid-stride warps, one count row per block
 constexpr int kSumThreads = 256, kSumRows = 128;
 
-__global__ void __launch_bounds__(kWarps * 32)
-    router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,
-                       float* __restrict__ probs, float* __restrict__ lse, float* __restrict__ weights,
-                       int32_t* __restrict__ experts, int32_t* __restrict__ counts, float* __restrict__ z_terms) {
-  const int lane = threadIdx.x & 31, t = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (t >= N) return;  // warp-uniform
+// One token: softmax, top-k, the token's outputs; lane j < k returns slot j's expert (-1 on other lanes).
+__device__ __forceinline__ int route_token(const float* __restrict__ logits, int t, int E, int k, bool renormalize,
+                                           float* __restrict__ probs, float* __restrict__ lse,
+                                           float* __restrict__ weights, int32_t* __restrict__ experts,
+                                           float* __restrict__ z_terms) {
+  const int lane = threadIdx.x & 31;
   const float* x = logits + int64_t(t) * E;
   float* p = probs + int64_t(t) * E;
   float m = -INFINITY;
@@ -57,15 +59,30 @@ __global__ void __launch_bounds__(kWarps * 32)
     sel += bv;
     if (lane == j) my_v = bv, my_e = be;
   }
-  if (lane < k) {
-    weights[int64_t(t) * k + lane] = renormalize ? my_v / sel : my_v;
-    experts[int64_t(t) * k + lane] = my_e;
-    atomicAdd(&counts[my_e], 1);
-  }
   if (lane == 0) {
     lse[t] = l;
     z_terms[t] = l * l;
   }
+  if (lane >= k) return -1;
+  weights[int64_t(t) * k + lane] = renormalize ? my_v / sel : my_v;
+  experts[int64_t(t) * k + lane] = my_e;
+  return my_e;
+}
+
+// Grid-stride warps over tokens; block b's assignment counts go to count_partials[b, :] (E of them).
+__global__ void __launch_bounds__(kTopkWarps * 32)
+    router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,
+                       float* __restrict__ probs, float* __restrict__ lse, float* __restrict__ weights,
+                       int32_t* __restrict__ experts, float* __restrict__ z_terms, int32_t* __restrict__ count_partials) {
+  __shared__ int block_counts[ops::kMoeMaxExperts];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) block_counts[e] = 0;
+  __syncthreads();
+  for (int t = blockIdx.x * kTopkWarps + (threadIdx.x >> 5); t < N; t += gridDim.x * kTopkWarps) {
+    const int e = route_token(logits, t, E, k, renormalize, probs, lse, weights, experts, z_terms);
+    if (e >= 0) atomicAdd(&block_counts[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) count_partials[int64_t(blockIdx.x) * E + e] = block_counts[e];
 }
 
 // Pass 1 of the column sums of [probs | z_terms] (E + 1 columns): block b sums rows [b kSumRows,
@@ -94,13 +111,20 @@ __global__ void __launch_bounds__(kSumThreads)
   }
 }
 
-// Pass 2: sums[c] = sum over chunks of partials[:, c], in chunk order.
-__global__ void router_finalize_kernel(const float* __restrict__ partials, int chunks, int C, float* __restrict__ sums) {
+// Pass 2: sums[c] = sum over chunks of partials[:, c], in chunk order; counts[e] likewise over the top-k
+// kernel's blocks.
+__global__ void router_finalize_kernel(const float* __restrict__ partials, int chunks, int C,
+                                       const int32_t* __restrict__ count_partials, int count_blocks,
+                                       float* __restrict__ sums, int32_t* __restrict__ counts) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float s = 0.f;
   for (int b = 0; b < chunks; ++b) s += partials[int64_t(b) * C + c];
   sums[c] = s;
+  if (c == C - 1) return;  // column E is the z-loss sum: no count
+  int n = 0;
+  for (int b = 0; b < count_blocks; ++b) n += count_partials[int64_t(b) * (C - 1) + c];
+  counts[c] = n;
 }
 
 // One warp: balance = bw E sum_e counts[e] P_e / (N k), P_e = sums[e] / N; z = zw sums[E] / N.
@@ -174,14 +198,16 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
   auto* z_terms = static_cast<float*>(arena.alloc_bytes(size_t(N) * sizeof(float)));
   auto* partials = static_cast<float*>(arena.alloc_bytes(size_t(chunks) * size_t(E + 1) * sizeof(float)));
   auto* sums = static_cast<float*>(arena.alloc_bytes(size_t(E + 1) * sizeof(float)));
-  UM_CUDA(cudaMemsetAsync(counts.data(), 0, counts.nbytes(), stream()));
-  router_topk_kernel<<<ceil_div(N, kWarps), kWarps * 32, 0, stream()>>>(
+  const int topk_blocks = int(std::min<int64_t>(ceil_div(N, kTopkWarps), int64_t(sm_count()) * kTopkBlocksPerSm));
+  auto* count_partials = static_cast<int32_t*>(arena.alloc_bytes(size_t(topk_blocks) * size_t(E) * sizeof(int32_t)));
+  router_topk_kernel<<<topk_blocks, kTopkWarps * 32, 0, stream()>>>(
       logits.data_as<float>(), N, E, k, o.renormalize, probs.data_as<float>(), lse.data_as<float>(),
-      weights.data_as<float>(), experts.data_as<int32_t>(), counts.data_as<int32_t>(), z_terms);
+      weights.data_as<float>(), experts.data_as<int32_t>(), z_terms, count_partials);
   UM_CUDA_LAUNCHED();
   router_partials_kernel<<<chunks, kSumThreads, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, partials);
   UM_CUDA_LAUNCHED();
-  router_finalize_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(partials, chunks, E + 1, sums);
+  router_finalize_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(partials, chunks, E + 1, count_partials,
+                                                                      topk_blocks, sums, counts.data_as<int32_t>());
   UM_CUDA_LAUNCHED();
   router_losses_kernel<<<1, 32, 0, stream()>>>(counts.data_as<int32_t>(), sums, N, E, k, float(o.balance_weight),
                                                float(o.z_weight), balance_loss.data_as<float>(),

@@ -538,6 +538,41 @@ TEST_CASE("moe dispatch and grouped linear CUDA match CPU: odd sizes, empty expe
   }
 }
 
+TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, bad ids and abandoned plans named", "[gpu][moe]") {
+  UM_REQUIRE_GPU();
+  const Device dev = Device::cuda();
+  const int64_t N = 300, k = 3, E = 11;
+  std::vector<int64_t> ids(size_t(N * k));
+  std::mt19937_64 rng(75);
+  for (auto& id : ids) id = int64_t(rng() % uint64_t(E));
+  const ops::MoePlan whole = ops::moe_plan(experts_tensor(ids, N, k, dev), E, 90);
+  ops::MoePlan p = ops::moe_plan_start(experts_tensor(ids, N, k, dev), E, 90);
+  CHECK(p.host_ticket != 0);
+  const Tensor ys = Tensor::zeros({N * k, 8}, DType::f32, dev), w = Tensor::zeros({N, k}, DType::f32, dev);
+  CHECK_THROWS_WITH(ops::moe_combine(ys, w, p), Catch::Contains("moe_plan_finish"));
+  Tensor xs = ops::moe_permute(Tensor::zeros({N, 8}, DType::f32, dev), p);  // the device arrays are usable
+  ops::moe_plan_finish(p);
+  CHECK(p.host_ticket == 0);
+  CHECK(p.counts == whole.counts);
+  CHECK(p.groups.start == whole.groups.start);
+  CHECK(p.groups.size == whole.groups.size);
+  CHECK(p.row_of.to_ints() == whole.row_of.to_ints());
+  CHECK(p.sorted_assignment.to_ints() == whole.sorted_assignment.to_ints());
+  CHECK(ops::moe_combine(ys, w, p).shape() == Shape{N, 8});
+  // A bad id is found on the device and named at finish.
+  std::vector<int64_t> bad = ids;
+  bad[7] = E + 3;
+  ops::MoePlan b = ops::moe_plan_start(experts_tensor(bad, N, k, dev), E);
+  CHECK_THROWS_WITH(ops::moe_plan_finish(b), Catch::Contains("experts position 7") && Catch::Contains(std::to_string(E + 3)));
+  // One plan in flight per thread: a later start abandons the earlier one, whose finish then says so.
+  ops::MoePlan first = ops::moe_plan_start(experts_tensor(ids, N, k, dev), E);
+  ops::MoePlan second = ops::moe_plan_start(experts_tensor(ids, N, k, dev), E);
+  CHECK_THROWS_WITH(ops::moe_plan_finish(first), Catch::Contains("abandoned"));
+  ops::moe_plan_finish(second);
+  CHECK(second.counts == ops::moe_plan(experts_tensor(ids, N, k, dev), E).counts);
+  arena_for(dev).reset();
+}
+
 TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empty groups, gaps, accumulate", "[gpu][moe]") {
   UM_REQUIRE_GPU();
 #if ULTRAMEM_CUDA

@@ -7,6 +7,8 @@
 
 namespace um::cpu {
 
+void moe_plan_build_finish(ops::MoePlan&) {}  // build filled counts and groups already
+
 void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   const int64_t A = plan.rows(), E = plan.num_experts, C = plan.capacity;
   const int32_t* ex = experts.data_as<int32_t>();

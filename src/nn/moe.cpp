@@ -22,8 +22,10 @@ MoeLayerResult moe_layer(const Tensor& x, const Tensor& router, const Tensor& w1
   int64_t capacity = 0;
   if (o.capacity_factor > 0)
     capacity = std::max<int64_t>(1, int64_t(std::ceil(o.capacity_factor * double(N * k) / double(E))));
-  r.plan = ops::moe_plan(r.routing.experts, E, capacity);
+  // The permute is queued before the host waits for the group sizes, so the GPU runs it meanwhile.
+  r.plan = ops::moe_plan_start(r.routing.experts, E, capacity);
   Tensor xs = ops::moe_permute(x, r.plan);
+  ops::moe_plan_finish(r.plan);
   Tensor h = ops::grouped_linear(xs, w1, r.plan.groups);
   h = o.swiglu ? ops::swiglu(h) : ops::gelu(h);
   Tensor ys = ops::grouped_linear(h, w2, r.plan.groups);

@@ -6,6 +6,7 @@
 namespace um::ops {
 
 int64_t MoePlan::dropped() const {
+  UM_CHECK(host_ticket == 0, "MoePlan::dropped: a finished plan (moe_plan_finish)", "group sizes still in flight");
   int64_t kept = 0;
   for (int64_t s : groups.size) kept += s;
   return rows() - kept;
@@ -14,6 +15,13 @@ int64_t MoePlan::dropped() const {
 static void check_plan(const MoePlan& plan, const char* op) {
   UM_CHECK(plan.sorted_assignment.defined() && plan.row_of.defined(), detail::concat(op, ": a built MoE plan"),
            "an empty plan");
+}
+
+// Ops that read counts or groups (the combine's dropped rows, the grouped GEMMs) need a finished plan.
+static void check_finished(const MoePlan& plan, const char* op) {
+  check_plan(plan, op);
+  UM_CHECK(plan.host_ticket == 0, detail::concat(op, ": a finished MoE plan (moe_plan_finish)"),
+           "a plan whose group sizes are still in flight");
 }
 
 static void check_rows(const Tensor& t, int64_t rows, const char* what) {
@@ -30,6 +38,17 @@ static void check_weights(const Tensor& ys, const Tensor& weights, const MoePlan
 }
 
 MoePlan moe_plan(const Tensor& experts, int64_t num_experts, int64_t capacity) {
+  MoePlan plan = moe_plan_start(experts, num_experts, capacity);
+  moe_plan_finish(plan);
+  return plan;
+}
+
+void moe_plan_finish(MoePlan& plan) {
+  if (plan.host_ticket == 0) return;
+  UM_DISPATCH_DEVICE(plan.row_of, moe_plan_build_finish, plan);
+}
+
+MoePlan moe_plan_start(const Tensor& experts, int64_t num_experts, int64_t capacity) {
   if (!experts.defined() || experts.ndim() != 2)
     throw Error("moe_plan: experts", "i32 [tokens, top_k]", experts.defined() ? experts.desc() : "undefined");
   check_dtype(experts, DType::i32, "moe_plan: experts");
@@ -66,7 +85,7 @@ void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs)
 }
 
 void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot& dx) {
-  check_plan(plan, "moe_permute backward");
+  check_plan(plan, "moe_permute backward");  // row_of only: the permute's tape node holds the in-flight plan
   check_rows(dxs, plan.rows(), "moe_permute backward: dxs");
   if (!dx) return;
   check_shape(dx.grad, Shape{plan.tokens, dxs.dim(1)}, "moe_permute backward: dx");
@@ -76,7 +95,7 @@ void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot
 }
 
 void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y) {
-  check_plan(plan, "moe_combine");
+  check_finished(plan, "moe_combine");
   check_rows(ys, plan.rows(), "moe_combine: ys");
   check_weights(ys, weights, plan, "moe_combine");
   check_shape(y, Shape{plan.tokens, ys.dim(1)}, "moe_combine: y");
@@ -88,7 +107,7 @@ void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan&
 
 void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const MoePlan& plan,
                           const GradSlot& dys, const GradSlot& dweights) {
-  check_plan(plan, "moe_combine backward");
+  check_finished(plan, "moe_combine backward");
   check_rows(ys, plan.rows(), "moe_combine backward: ys");
   check_weights(ys, weights, plan, "moe_combine backward");
   check_shape(dy, Shape{plan.tokens, ys.dim(1)}, "moe_combine backward: dy");

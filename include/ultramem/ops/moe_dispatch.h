@@ -16,7 +16,9 @@
 //            dweights[t, j] = dy[t] . ys[row_of[t k + j]] (0 for dropped assignments)
 // Building the plan ends with one small device-to-host copy of the group offsets (E + 1 integers): the
 // grouped GEMMs need the group sizes on the host. That is the layer's one synchronisation per forward;
-// the backward reuses the sizes. On the GPU the sort is cub::DeviceRadixSort (stable) over the
+// the backward reuses the sizes. moe_plan_start / moe_plan_finish split it so the copy's wait overlaps
+// device work: start enqueues the sort and the copy (into pinned memory), the permute (which needs only
+// the device arrays) is queued behind it, and finish waits for the copy while the GPU runs the permute. On the GPU the sort is cub::DeviceRadixSort (stable) over the
 // expert ids; offsets come from binary searches of the sorted ids. Everything is deterministic.
 #pragma once
 #include <vector>
@@ -33,12 +35,18 @@ struct MoePlan {
   Tensor row_of;             // i32 [N k]; -1 = dropped
   std::vector<int64_t> counts;  // [E] assignments routed to each expert (before the capacity)
   RowGroups groups;             // [E] rows computed per expert: start = first row, size = min(count, C)
+  uint64_t host_ticket = 0;     // nonzero: counts and groups still in flight (moe_plan_finish fills them)
+  Tensor experts_for_errors;    // while in flight on the GPU: the ids, to name a bad one in finish's Error
   int64_t rows() const { return tokens * top_k; }
   int64_t dropped() const;
 };
 
 // experts: i32 [N, k] with ids in [0, num_experts) (an id outside is an Error naming its position).
 MoePlan moe_plan(const Tensor& experts, int64_t num_experts, int64_t capacity = 0);
+// The same in two steps: between them only sorted_assignment and row_of may be used (by moe_permute);
+// finish raises the bad-id Error. A thread has one plan in flight: starting another abandons it.
+MoePlan moe_plan_start(const Tensor& experts, int64_t num_experts, int64_t capacity = 0);
+void moe_plan_finish(MoePlan& plan);
 // x [N, d] -> xs [N k, d].
 Tensor moe_permute(const Tensor& x, const MoePlan& plan);
 // ys [N k, d] (activation dtype), weights [N, k] (the router's dtype: f32 on the GPU, ys's on the CPU)
@@ -46,8 +54,10 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan);
 Tensor moe_combine(const Tensor& ys, const Tensor& weights, const MoePlan& plan);
 
 // Kernel-level entry points. moe_plan_build fills plan.sorted_assignment, plan.row_of (allocated by the
-// caller), plan.counts and plan.groups from experts.
+// caller), plan.counts and plan.groups from experts; on the GPU counts and groups arrive with
+// moe_plan_build_finish (a no-op on the CPU, where build does everything).
 void moe_plan_build(const Tensor& experts, MoePlan& plan);
+void moe_plan_build_finish(MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot& dx);
 void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y);
@@ -58,6 +68,7 @@ void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor&
 
 namespace um::cpu {
 void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
+void moe_plan_build_finish(ops::MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
 void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
@@ -67,6 +78,7 @@ void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor&
 
 namespace um::cuda {
 void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
+void moe_plan_build_finish(ops::MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
 void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
