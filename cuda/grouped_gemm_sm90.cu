@@ -7,7 +7,11 @@
 // consumers wait on it, issue the k-step's four wgmmas, and once the previous k-step's batch has finished
 // (wgmma.wait_group 1) each consumer warp frees that slot through its "empty" mbarrier. So copies run
 // STAGES - 1 k-steps ahead, the tensor cores always have the next batch queued, and no thread spends
-// issue slots on copies.
+// issue slots on copies. The epilogue is staged too: each consumer warpgroup writes its 64 x BN slab to
+// shared memory in 128-byte-wide chunks, and TMA stores (a reduce-add for an accumulated dW) carry them to
+// global memory while the warpgroup moves on to its next tile's k-steps. Full-line bulk writes replace
+// the half-sector register stores that made ~30% of the L2 traffic, and dW's read-modify-write of the
+// f32 gradient happens in L2 instead of stalling the consumers.
 //
 // Shared-memory tiles use the 128-byte swizzle on both sides (the copy engine writes it, wgmma reads it
 // through matrix descriptors): a K-major tile is ROWS x 128 bytes (64 k-values per row); an MN-major tile
@@ -35,14 +39,18 @@ namespace {
 
 constexpr int kBM = 128, kBK = 64, kThreads = 384;  // producer + two consumer warpgroups
 constexpr int kConsumerWarps = 8;
+// Epilogue staging: per consumer warpgroup two 8 KiB buffers, each one 64-row x 128-byte chunk of its
+// 64 x BN output (64 bf16 or 32 f32 columns) that a TMA store (or reduce-add) then writes out.
+constexpr int kChunkBytes = 64 * 128, kStagingBytes = 2 * 2 * kChunkBytes;
 
 template <int BN, int STAGES>
 struct Tile {
   static constexpr int kBN = BN, kStages = STAGES;
   static constexpr int kAcc = BN / 2;  // fp32 accumulators per thread (64 rows x BN per warpgroup)
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
-  // + room to align the base to 1024 (the swizzle's period) + the 2 x STAGES mbarriers
-  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024 + 2 * STAGES * 8;
+  static constexpr int kStagingOffset = STAGES * kStageBytes;  // the epilogue's staging, after the stages
+  // + the staging + room to align the base to 1024 (the swizzle's period) + the 2 x STAGES mbarriers
+  static constexpr int kSmemBytes = kStagingOffset + kStagingBytes + 1024 + 2 * STAGES * 8;
 };
 using Wide = Tile<256, 4>;    // 192 KiB of stages
 using Narrow = Tile<128, 6>;  // 192 KiB of stages, for widths a 256 tile would pad more
@@ -108,6 +116,38 @@ __device__ __forceinline__ void tma_3d(uint32_t dst, const CUtensorMap& map, int
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
+}
+
+// Bulk stores from shared memory (the epilogue): a plain store, or an add into what global memory holds
+// (done in L2: no read by the SM). Completion is tracked per thread by bulk groups.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap& map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(&map)),
+               "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+}
+__device__ __forceinline__ void tma_store_3d(const CUtensorMap& map, uint32_t src, int c0, int c1, int c2, bool add) {
+  if (add)
+    asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+                     reinterpret_cast<uint64_t>(&map)),
+                 "r"(c0), "r"(c1), "r"(c2), "r"(src)
+                 : "memory");
+  else
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+                     reinterpret_cast<uint64_t>(&map)),
+                 "r"(c0), "r"(c1), "r"(c2), "r"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// At most N of this thread's bulk groups still reading shared memory / still in flight at all.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+// Barrier of one consumer warpgroup (ids 2 and 3; 1 is both consumers', 0 the CTA's).
+__device__ __forceinline__ void warpgroup_bar(int cw) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
 }
 
 // Matrix descriptor: start address, leading / stride byte offsets (all >> 4), 128-byte swizzle.
@@ -231,6 +271,57 @@ __device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], int cw, 
   }
 }
 
+// The staged epilogue of one warpgroup's 64 x BN slab: 128-byte-wide chunks (64 bf16 or 32 f32 columns)
+// go through two 8 KiB buffers with the 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8): the
+// warp's rows land in distinct banks), then one thread's TMA store writes each chunk while the next is
+// staged, and the last ones drain while the warpgroup starts its next tile. `ep` counts chunks across
+// tiles (buffer ep % 2); before a buffer is rewritten, the store that read it two chunks ago has finished
+// reading (wait_group.read 1). rows: c0 = the slab's first column, c1 its first row; weights: c2 = group.
+template <class T, typename OutT>
+__device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int cw, uint32_t staging,
+                                               const CUtensorMap& map, int n0, int n_end, int row0, int g, bool add,
+                                               int& ep) {
+  constexpr bool kF32 = sizeof(OutT) == 4;
+  constexpr int kChunkCols = kF32 ? 32 : 64, kBlocksPerChunk = kChunkCols / 8;  // 8-column accumulator blocks
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const bool issuer = (threadIdx.x & 127) == 0;
+#pragma unroll
+  for (int q = 0; q < T::kBN / kChunkCols; ++q) {
+    if (n0 + q * kChunkCols >= n_end) break;  // uniform: the rest of the slab lies past N
+    const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
+    if (issuer) bulk_wait_read<1>();
+    warpgroup_bar(cw);
+#pragma unroll
+    for (int jj = 0; jj < kBlocksPerChunk; ++jj) {
+      const int j = q * kBlocksPerChunk + jj;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = warp * 16 + (lane >> 2) + i * 8;
+        const float v0 = acc[j * 4 + i * 2], v1 = acc[j * 4 + i * 2 + 1];
+        if constexpr (kF32) {
+          const int byte = (jj * 8 + (lane & 3) * 2) * 4;  // within the 128-byte row
+          const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+        } else {
+          const int byte = (jj * 8 + (lane & 3) * 2) * 2;
+          const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
+          const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&p))
+                       : "memory");
+        }
+      }
+    }
+    fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+    warpgroup_bar(cw);
+    if (issuer) {
+      if constexpr (kF32) tma_store_3d(map, buf, n0 + q * kChunkCols, row0, g, add);
+      else tma_store_2d(map, buf, n0 + q * kChunkCols, row0);
+      bulk_commit();
+    }
+    ++ep;
+  }
+}
+
 #endif  // the device code proper
 
 // Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
@@ -268,7 +359,8 @@ __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, c
 template <class T, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                const __grid_constant__ Groups groups, const Args args, int tiles) {
+                const __grid_constant__ CUtensorMap map_c, const __grid_constant__ Groups groups, const Args args,
+                int tiles) {
 #ifdef UM_SM90_DEVICE
   constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB;
   extern __shared__ uint8_t smem_raw[];
@@ -323,7 +415,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // A slot is free when every consumer warp has waited for the batch that read it: one arrival per warp
   // (lane 0, after the warp's own wgmma.wait_group).
   const bool releaser = (threadIdx.x & 31) == 0;
-  int it = 0;
+  const uint32_t staging = base + uint32_t(T::kStagingOffset);
+  int it = 0, ep = 0;
   for (int t = int(blockIdx.x); t < tiles; t += int(gridDim.x)) {
     const TileCoords c = tile_coords<T, kMode>(t, groups, args);
     const int kt_count = (c.k_len + kBK - 1) / kBK;
@@ -363,12 +456,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<0>();
     fence_regs(acc);
     if (kt_count > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
-    if constexpr (kMode == kWeights)
-      store_tile<T>(acc, cw, static_cast<float*>(args.c) + int64_t(c.g) * args.c_group_stride, args.ldc, c.m0,
-                    c.m_end, c.n0, args.N, args.accumulate != 0);
-    else
-      store_tile<T>(acc, cw, static_cast<bf16*>(args.c), args.ldc, c.m0, c.m_end, c.n0, args.N, args.accumulate != 0);
+    // TMA stores wherever the box's bounds are the tensor's: every weights slab (C_g is its own [M, N]
+    // box of the 3-d map; accumulate = reduce-add) and rows slabs wholly inside the group without
+    // accumulate. A slab crossing the group's end (the next group's rows) or accumulating into bf16 takes
+    // direct stores.
+    const int slab0 = c.m0 + cw * 64;
+    if constexpr (kMode == kWeights) {
+      store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
+    } else {
+      if (slab0 + 64 <= c.m_end && !args.accumulate)
+        store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
+      else if (slab0 < c.m_end)
+        store_tile<T>(acc, cw, static_cast<bf16*>(args.c), args.ldc, c.m0, c.m_end, c.n0, args.N,
+                      args.accumulate != 0);
+    }
   }
+  if ((threadIdx.x & 127) == 0) bulk_wait_all();  // the last stores have read shared memory and landed
 #endif
 }
 
@@ -392,16 +495,16 @@ PFN_cuTensorMapEncodeTiled_v12000 encoder() {
   return fn;
 }
 
-// A bf16 tensor map with the 128-byte swizzle; dims and boxes innermost first, strides in elements.
+// A bf16 (or f32) tensor map with the 128-byte swizzle; dims and boxes innermost first, strides in elements.
 template <int R>
 CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_t (&strides)[R - 1],
-                       const uint32_t (&box)[R]) {
+                       const uint32_t (&box)[R], bool f32 = false) {
   CUtensorMap map;
   cuuint64_t d[R], st[R > 1 ? R - 1 : 1];
   cuuint32_t b[R], e[R];
   for (int i = 0; i < R; ++i) d[i] = dims[i], b[i] = box[i], e[i] = 1;
-  for (int i = 0; i + 1 < R; ++i) st[i] = strides[i] * 2;
-  const CUresult r = encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, R, const_cast<void*>(ptr), d, st, b, e,
+  for (int i = 0; i + 1 < R; ++i) st[i] = strides[i] * (f32 ? 4 : 2);
+  const CUresult r = encoder()(&map, f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, R, const_cast<void*>(ptr), d, st, b, e,
                                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   UM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled to accept the sm90 grouped GEMM's operand", int(r));
@@ -411,14 +514,14 @@ CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
 // Persistent: one CTA per SM (or fewer when there are fewer tiles).
 template <auto K>
-void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorMap& b, const Groups& g,
-            const Args& args) {
+void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
+            const Groups& g, const Args& args) {
   static const cudaError_t raised = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   UM_CUDA(raised);
   UM_CHECK(tiles < int64_t(INT32_MAX), "sm90 grouped GEMM: fewer than 2^31 tiles", tiles);
   if (tiles == 0) return;
   const unsigned ctas = unsigned(std::min<int64_t>(tiles, sm_count()));
-  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, g, args, int(tiles));
+  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, c, g, args, int(tiles));
   UM_CUDA_LAUNCHED();
 }
 
@@ -452,13 +555,14 @@ template <class T>
 void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool b_mn_major, int64_t rows_total) {
   const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
   const CUtensorMap ma = tensor_map<2>(a, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
+  const CUtensorMap mc = tensor_map<2>(args.c, {N, R}, {uint64_t(args.ldc)}, {64u, 64u});  // 64 x 64 bf16 chunks
   const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * g.tile_start[g.count];
   if (b_mn_major) {  // W [G][K][N]: 64 x 64 panels
     const CUtensorMap mb = tensor_map<3>(b, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
-    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, ma, mb, g, args);
+    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
   } else {  // W [G N, K]: BN x 64 tiles
     const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), uint32_t(T::kBN)});
-    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, g, args);
+    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
   }
 }
 
@@ -467,8 +571,10 @@ void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, in
   const uint64_t M = uint64_t(args.M), N = uint64_t(args.N), R = uint64_t(std::max<int64_t>(rows_total, 1));
   const CUtensorMap ma = tensor_map<2>(a, {M, R}, {M}, {64u, uint32_t(kBK)});
   const CUtensorMap mb = tensor_map<2>(b, {N, R}, {N}, {64u, uint32_t(kBK)});
+  // C [G][M][N] f32 in 64-row x 32-column chunks (128 bytes wide, as the swizzle wants).
+  const CUtensorMap mc = tensor_map<3>(args.c, {N, M, uint64_t(g.count)}, {N, M * N}, {32u, 64u, 1u}, true);
   const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * ceil_div(args.M, kBM) * g.count;
-  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ma, mb, g, args);
+  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
 }
 
 int64_t rows_end(const ops::RowGroups& h) {
