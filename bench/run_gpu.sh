@@ -24,9 +24,10 @@ if [[ $STEPS == *test* ]]; then
   (cd build-gpu && ctest --output-on-failure -j8 -E '^gpu$') > "$OUT/ctest.log" 2>&1; tail -6 "$OUT/ctest.log"
   ./build-gpu/tests/ultramem-tests "[gpu]" -r compact > "$OUT/gpu-tests.log" 2>&1
   ./build-gpu/tests/ultramem-tests "[gpu]" --list-tests > "$OUT/gpu-test-list.txt" 2>&1
-  # The sm90 grouped GEMM under every MoE [gpu] case (UM_GROUPED_GEMM=sm90, whatever the expert count)
-  # and with the 128 x 128 tile on every shape.
-  UM_GROUPED_GEMM=sm90 ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | grep -E "Passed|failed" | sed 's/^/sm90 kernel, all MoE cases: /'
+  # The MoE [gpu] cases on the cuBLAS paths, and the sm90 kernel with the 128 x 128 tile on every shape.
+  for m in grouped loop; do
+    UM_GROUPED_GEMM=$m ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | grep -E "Passed|failed" | sed "s/^/cuBLAS $m, all MoE cases: /"
+  done
   UM_SM90_TILE=narrow ./build-gpu/tests/ultramem-tests "[moe][gpu]" -r compact 2>&1 | grep -E "Passed|failed" | sed 's/^/sm90 128x128 tile: /'
   /usr/local/cuda/bin/cuobjdump -sass build-gpu/CMakeFiles/ultramem.dir/cuda/grouped_gemm_sm90.cu.o 2>/dev/null \
     | grep -c HGMMA | sed 's/^/HGMMA instructions in grouped_gemm_sm90: /' 
@@ -57,10 +58,9 @@ if [[ $STEPS == *profile* ]]; then
       python3 bench/kernel_breakdown.py "/tmp/prof-$1.csv" 5 "$1" | tee -a "$OUT/breakdown.md"
     fi
   }
-  prof dense-3264 "top-8 of 64" sm90 dense
-  prof top8of64-sm90 "top-8 of 64" sm90 moe
-  prof top2of8-h1632-loop "h 1632" loop moe
-  prof top2of8-h1632-sm90 "h 1632" sm90 moe
+  prof dense-3264 "top-8 of 64" auto dense
+  prof top8of64-sm90 "top-8 of 64" auto moe
+  prof top2of8-h1632-sm90 "h 1632" auto moe
   tar czf "$OUT/profiles.tgz" -C /tmp $(cd /tmp && ls prof-*.csv prof-*.log 2>/dev/null)
 fi
 if [[ $STEPS == *e2e* ]]; then

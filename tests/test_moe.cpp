@@ -475,64 +475,78 @@ TEST_CASE("moe router logits CUDA matches CPU: bf16 forward exact to fp32, hi/lo
   }
 }
 
+// Sets the grouped-GEMM path for one scope (tests cover every path whatever UM_GROUPED_GEMM says).
+struct GroupedGemmMode {
+#if ULTRAMEM_CUDA
+  explicit GroupedGemmMode(const std::string& m) : saved(cuda::grouped_gemm_mode()) { cuda::set_grouped_gemm_mode(m); }
+  ~GroupedGemmMode() { cuda::set_grouped_gemm_mode(saved); }
+  std::string saved;
+#else
+  explicit GroupedGemmMode(const std::string&) {}  // no GPU paths to choose between
+#endif
+};
+
 TEST_CASE("moe dispatch and grouped linear CUDA match CPU: odd sizes, empty experts, capacity", "[gpu][moe]") {
   UM_REQUIRE_GPU();
   PoisonArena poison(Device::cuda());
-  for (DType dt : {DType::f32, DType::bf16}) {
-    for (int64_t capacity : {0, 40}) {
-      for (int64_t d : {64, 36, 13}) {
-        const int64_t N = 211, k = 2, E = 7, out = 24;
-        // Expert 1 and 5 never chosen (empty groups).
-        std::vector<int64_t> ids(size_t(N * k));
-        std::mt19937_64 rng(70);
-        const int64_t choices[] = {0, 2, 3, 4, 6};
-        for (int64_t t = 0; t < N; ++t) {
-          const int64_t a = choices[rng() % 5];
-          int64_t b = choices[rng() % 5];
-          while (b == a) b = choices[rng() % 5];
-          ids[size_t(t * k)] = a, ids[size_t(t * k + 1)] = b;
-        }
-        INFO(dtype_name(dt) << " capacity " << capacity << " d " << d);
-        auto host = [dt](const Tensor& t) { return rounded(t, dt); };
-        const Tensor x = host(randn({N, d}, DType::f32, Device::cpu(), 71));
-        const Tensor W = host(randn({E, out, d}, DType::f32, Device::cpu(), 72, 0.2));
-        const Tensor w = randn({N, k}, DType::f32, Device::cpu(), 73);
-        const Tensor dy = host(randn({N, out}, DType::f32, Device::cpu(), 74));
-        auto run = [&](Device dev, DType t) {
-          Tensor gx = convert(x, t, dev), gW = convert(W, t, dev), gw = w.to(dev);
-          for (const Tensor* l : {&gx, &gW, &gw}) l->set_requires_grad(true);
-          if (dev.is_cuda()) gW.set_grad(nan_filled(W.shape(), DType::f32, dev));
-          Tape tape;
-          std::vector<std::vector<double>> res;
-          {
-            TapeScope scope(tape);
-            ops::MoePlan p = ops::moe_plan(experts_tensor(ids, N, k, dev), E, capacity);
-            Tensor xs = ops::moe_permute(gx, p);
-            Tensor ys = ops::grouped_linear(xs, gW, p.groups);
-            Tensor y = ops::moe_combine(ys, gw, p);
-            Tensor loss = Tensor::zeros(Shape{1}, DType::f32, dev);
-            loss.set_requires_grad(true);
-            Tensor gdy = convert(dy, t, dev);
-            tape.record([y, gdy] { grad_slot(y).grad.copy_from(gdy); });
-            tape.backward(loss);
-            res.push_back(y.to_doubles());
-            std::vector<double> sizes(p.groups.size.begin(), p.groups.size.end());
-            res.push_back(sizes);
+  for (const char* mode : {"auto", "grouped", "loop"}) {
+    GroupedGemmMode path(mode);
+    for (DType dt : {DType::f32, DType::bf16}) {
+      for (int64_t capacity : {0, 40}) {
+        for (int64_t d : {64, 36, 13}) {
+          const int64_t N = 211, k = 2, E = 7, out = 24;
+          // Expert 1 and 5 never chosen (empty groups).
+          std::vector<int64_t> ids(size_t(N * k));
+          std::mt19937_64 rng(70);
+          const int64_t choices[] = {0, 2, 3, 4, 6};
+          for (int64_t t = 0; t < N; ++t) {
+            const int64_t a = choices[rng() % 5];
+            int64_t b = choices[rng() % 5];
+            while (b == a) b = choices[rng() % 5];
+            ids[size_t(t * k)] = a, ids[size_t(t * k + 1)] = b;
           }
-          res.push_back(grad_of(gx).to_doubles());
-          res.push_back(grad_of(gW).to_doubles());
-          res.push_back(grad_of(gw).to_doubles());
-          return res;
-        };
-        auto ref = run(Device::cpu(), DType::f32), g = run(Device::cuda(), dt), again = run(Device::cuda(), dt);
-        const double tol = dt == DType::f32 ? kTolF32 : kTolBF16;
-        CHECK(g[1] == ref[1]);  // group sizes
-        CHECK(rel_error(g[0], ref[0]) < tol);
-        CHECK(rel_error(g[2], ref[2]) < tol);
-        CHECK(rel_error(g[3], ref[3]) < tol);
-        CHECK(rel_error(g[4], ref[4]) < tol);
-        for (size_t i = 0; i < g.size(); ++i) CHECK(g[i] == again[i]);  // bitwise reproducible
-        arena_for(Device::cpu()).reset();
+          INFO(mode << " " << dtype_name(dt) << " capacity " << capacity << " d " << d);
+          auto host = [dt](const Tensor& t) { return rounded(t, dt); };
+          const Tensor x = host(randn({N, d}, DType::f32, Device::cpu(), 71));
+          const Tensor W = host(randn({E, out, d}, DType::f32, Device::cpu(), 72, 0.2));
+          const Tensor w = randn({N, k}, DType::f32, Device::cpu(), 73);
+          const Tensor dy = host(randn({N, out}, DType::f32, Device::cpu(), 74));
+          auto run = [&](Device dev, DType t) {
+            Tensor gx = convert(x, t, dev), gW = convert(W, t, dev), gw = w.to(dev);
+            for (const Tensor* l : {&gx, &gW, &gw}) l->set_requires_grad(true);
+            if (dev.is_cuda()) gW.set_grad(nan_filled(W.shape(), DType::f32, dev));
+            Tape tape;
+            std::vector<std::vector<double>> res;
+            {
+              TapeScope scope(tape);
+              ops::MoePlan p = ops::moe_plan(experts_tensor(ids, N, k, dev), E, capacity);
+              Tensor xs = ops::moe_permute(gx, p);
+              Tensor ys = ops::grouped_linear(xs, gW, p.groups);
+              Tensor y = ops::moe_combine(ys, gw, p);
+              Tensor loss = Tensor::zeros(Shape{1}, DType::f32, dev);
+              loss.set_requires_grad(true);
+              Tensor gdy = convert(dy, t, dev);
+              tape.record([y, gdy] { grad_slot(y).grad.copy_from(gdy); });
+              tape.backward(loss);
+              res.push_back(y.to_doubles());
+              std::vector<double> sizes(p.groups.size.begin(), p.groups.size.end());
+              res.push_back(sizes);
+            }
+            res.push_back(grad_of(gx).to_doubles());
+            res.push_back(grad_of(gW).to_doubles());
+            res.push_back(grad_of(gw).to_doubles());
+            return res;
+          };
+          auto ref = run(Device::cpu(), DType::f32), g = run(Device::cuda(), dt), again = run(Device::cuda(), dt);
+          const double tol = dt == DType::f32 ? kTolF32 : kTolBF16;
+          CHECK(g[1] == ref[1]);  // group sizes
+          CHECK(rel_error(g[0], ref[0]) < tol);
+          CHECK(rel_error(g[2], ref[2]) < tol);
+          CHECK(rel_error(g[3], ref[3]) < tol);
+          CHECK(rel_error(g[4], ref[4]) < tol);
+          for (size_t i = 0; i < g.size(); ++i) CHECK(g[i] == again[i]);  // bitwise reproducible
+          arena_for(Device::cpu()).reset();
+        }
       }
     }
   }
@@ -586,7 +600,7 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
     int64_t in, out;
     std::vector<int64_t> sizes;  // consecutive groups; a negative size is a gap of rows in no group
   };
-  // More than 16 non-empty groups each, so "auto" takes the kernel (the repeats multiply a pattern).
+  // More than 16 non-empty groups each (the repeats multiply a pattern): the kernel's group table at scale.
   auto repeat = [](std::vector<int64_t> p, int times) {
     std::vector<int64_t> out;
     for (int i = 0; i < times; ++i) out.insert(out.end(), p.begin(), p.end());

@@ -10,9 +10,9 @@
 // gradient; W's dtype on the CPU), each with beta = slot.accumulate; a group with no rows gets dW[g] = 0
 // (accumulate: unchanged).
 //
-// GPU, more than 16 non-empty groups, bf16 with widths that are multiples of 8 on a Hopper device
-// (compute capability 9.0): our own TMA + wgmma grouped GEMM, one launch per product for all groups
-// (cuda/grouped_gemm_sm90.cu). Otherwise cuBLAS, bf16 (or f32) in, fp32 accumulate. With more than 16
+// GPU, bf16 with widths that are multiples of 8 on a Hopper device (compute capability 9.0): our own
+// TMA + wgmma grouped GEMM, one launch per product for all groups (cuda/grouped_gemm_sm90.cu).
+// Otherwise cuBLAS, bf16 (or f32) in, fp32 accumulate. With more than 16
 // non-empty groups one cublasGemmGroupedBatchedEx call per product (forward, dx, dW) covers them all; with fewer, when cuBLAS
 // declines a type combination, or with UM_GROUPED_GEMM=loop, it runs one cublasGemmEx per group on the
 // same stream (faster for a few large experts, measured in bench-moe). Both are deterministic (no
@@ -53,9 +53,8 @@ namespace um::cuda {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
-// "auto" (the default: above 16 groups the sm90 kernel where it applies, else the grouped call; the loop
-// for 16 or fewer), "sm90" (the kernel whatever the group count, where it applies),
-// "grouped" (cublasGemmGroupedBatchedEx where
+// "auto" (the default: the sm90 kernel where it applies, else the grouped call above 16 groups and the
+// loop for 16 or fewer), "grouped" (cublasGemmGroupedBatchedEx where
 // cuBLAS supports the types) or "loop" (cublasGemmEx per group): from the environment variable
 // UM_GROUPED_GEMM, or set here (benchmarks compare them).
 void set_grouped_gemm_mode(const std::string& mode);
