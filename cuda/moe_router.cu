@@ -17,7 +17,7 @@ namespace {
 constexpr int kMaxK = int(ops::kMoeMaxTopK);
 static_assert(kMaxK <= 32, "one lane per selected slot");
 constexpr int kWarps = 4;  // tokens per block of the backward kernel
-constexpr int kTopkWarps = 8, kTopkBlocksPerSm = 2;  // the top-k kernel: grid-stride warps, one count row per block
+constexpr int kTopkWarps = 8, kTopkBlocksPerSm = 8;  // the top-k kernel: grid-stride warps, one count row per block
 constexpr int kSumThreads = 256, kSumRows = 128;
 
 // One token: softmax, top-k, the token's outputs; lane j < k returns slot j's expert (-1 on other lanes).
@@ -111,20 +111,23 @@ __global__ void __launch_bounds__(kSumThreads)
   }
 }
 
-// Pass 2: sums[c] = sum over chunks of partials[:, c], in chunk order; counts[e] likewise over the top-k
-// kernel's blocks.
+// Pass 2, one warp per column: sums[c] = the sum over chunks of partials[:, c] and, for c < E, counts[c]
+// the sum over the top-k kernel's blocks. Lanes stride the rows, then a warp sum: a fixed order.
 __global__ void router_finalize_kernel(const float* __restrict__ partials, int chunks, int C,
                                        const int32_t* __restrict__ count_partials, int count_blocks,
                                        float* __restrict__ sums, int32_t* __restrict__ counts) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (c >= C) return;  // warp-uniform
   float s = 0.f;
-  for (int b = 0; b < chunks; ++b) s += partials[int64_t(b) * C + c];
-  sums[c] = s;
+  for (int b = lane; b < chunks; b += 32) s += partials[int64_t(b) * C + c];
+  s = warp_sum(s);
+  if (lane == 0) sums[c] = s;
   if (c == C - 1) return;  // column E is the z-loss sum: no count
   int n = 0;
-  for (int b = 0; b < count_blocks; ++b) n += count_partials[int64_t(b) * (C - 1) + c];
-  counts[c] = n;
+  for (int b = lane; b < count_blocks; b += 32) n += count_partials[int64_t(b) * (C - 1) + c];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
+  if (lane == 0) counts[c] = n;
 }
 
 // One warp: balance = bw E sum_e counts[e] P_e / (N k), P_e = sums[e] / N; z = zw sums[E] / N.
@@ -206,7 +209,7 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
   UM_CUDA_LAUNCHED();
   router_partials_kernel<<<chunks, kSumThreads, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, partials);
   UM_CUDA_LAUNCHED();
-  router_finalize_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(partials, chunks, E + 1, count_partials,
+  router_finalize_kernel<<<ceil_div(E + 1, 8), 256, 0, stream()>>>(partials, chunks, E + 1, count_partials,
                                                                       topk_blocks, sums, counts.data_as<int32_t>());
   UM_CUDA_LAUNCHED();
   router_losses_kernel<<<1, 32, 0, stream()>>>(counts.data_as<int32_t>(), sums, N, E, k, float(o.balance_weight),
