@@ -9,7 +9,8 @@
 //   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
 //            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g)
 //   weights: C_g[m, n] = sum over the group's rows r of A[r, m] B[r, n] (dW_g = dy_g^T x_g), both MN-major
-// Every output element is written by exactly one thread in a fixed order: deterministic.
+// Every output element is written exactly once (a register store, or one TMA store or reduce-add of a
+// staged chunk), with no split-K: deterministic.
 // Requirements (the caller checks them, cuda/grouped_linear.cu `use_sm90`): bf16 operands, widths (K, N
 // and the leading dimensions) multiples of 8, 16-byte-aligned pointers, at most kMaxGroups groups, and
 // `available()`.

@@ -2,10 +2,11 @@
 // max and sum by warp reductions, then the k largest probabilities by k warp arg-max passes, pass j
 // taking the largest (p, -e) below pass j-1's pick in that order (so equal probabilities keep the lower
 // expert first, as the CPU; NaNs are never picked). Assignments are counted per block in shared memory
-// and the block counts added by the finalize pass: global atomics on E adjacent counters serialise in one
-// L2 slice (~0.5 ns each: 65 us for 16k tokens x top-8). P_e and the z-loss sum are column sums in two
-// fixed-order passes (chunks of rows give partials, then the chunks are added in order), and one warp
-// finishes both losses: no float atomics anywhere, bitwise reproducible.
+// and the block counts added by the finalize pass: global atomics on E adjacent counters serialise in L2
+// (the kernel took 68 us with them for 16k tokens x top-8 of 64 on an H200, 41 without, 29 with more
+// blocks). P_e and the z-loss sum are column sums in two fixed-order passes (chunks of rows give partials,
+// then the chunks are added in order, one warp per column), and one warp finishes both losses: no float
+// atomics anywhere, bitwise reproducible.
 #include "ultramem/ops/moe_router.h"
 
 #include "common.cuh"

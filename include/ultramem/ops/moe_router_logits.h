@@ -1,7 +1,7 @@
 // MoE router logits: logits[N, E] = x[N, d] . W[E, d]^T, in fp32 whatever the activations' dtype (f64 when
 // x is f64, for gradchecks), with the backward into x and W. The router's own op rather than
 // linear(cast(x, f32), cast(W, f32)): with bf16 x and W that form copied x to f32 (and its gradient back)
-// and ran three fp32 SIMT GEMMs, ~13% of a top-2-of-8 layer on an H200. Here:
+// and ran three fp32 SIMT GEMMs, ~9% of a top-2-of-8 layer's kernel time on an H200. Here:
 //   forward  bf16 x bf16 tensor-core GEMM with fp32 accumulation and fp32 output. x and W are bf16
 //            already, so this equals the fp32 GEMM of the cast inputs up to summation order.
 //   backward dlogits (fp32) is split into hi = bf16(g) and lo = bf16(g - hi), which together carry 16 of
