@@ -16,8 +16,10 @@
 // Shared-memory tiles use the 128-byte swizzle on both sides (the copy engine writes it, wgmma reads it
 // through matrix descriptors): a K-major tile is ROWS x 128 bytes (64 k-values per row); an MN-major tile
 // is 64-wide panels of [64 k rows][64 mn], 8 KiB apart.
-// Edges: rows past a group's end (rows kernel) and columns past N are computed from whatever the copy
-// brought and never stored; a k tail past the tensor is zero-filled by the copy engine; in the weights
+// Edges: a tile's width is N's tail rounded up to 64 (a 64-, 128- or 192-wide wgmma), so n pads at most
+// 63 columns, and a consumer whose 64 rows lie wholly past the group's end (or M) issues no wgmma. What
+// is still computed past an edge comes from whatever the copy brought and is never stored: rows past a
+// group's end, columns past N; a k tail past the tensor is zero-filled by the copy engine; in the weights
 // kernel, whose k runs over a group's rows, the consumers zero the rows past the group's end before the
 // last k-step.
 #include <cuda.h>
@@ -28,6 +30,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "grouped_gemm_sm90.cuh"
 
@@ -163,7 +166,24 @@ __device__ __forceinline__ uint64_t operand_desc(uint32_t tile) {
   else return make_desc(tile, 16u, 1024u);
 }
 
-// wgmma m64 x n x k16, f32 += bf16 . bf16; n = 2 x the accumulator count (128 or 256).
+// wgmma m64 x n x k16, f32 += bf16 . bf16; n = 2 x the accumulator count (64, 128, 192 or 256).
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[32], uint64_t da, uint64_t db) {
+#ifdef UM_SM90_DEVICE
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(1), "n"(kTransA), "n"(kTransB));
+#endif
+}
+
 template <int kTransA, int kTransB>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[64], uint64_t da, uint64_t db) {
 #ifdef UM_SM90_DEVICE
@@ -183,6 +203,35 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[64], uint64_t da, uint64
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(1), "n"(kTransA), "n"(kTransB));
+#endif
+}
+
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[96], uint64_t da, uint64_t db) {
+#ifdef UM_SM90_DEVICE
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+      "}, %96, %97, p, 1, 1, %99, %100;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
       : "l"(da), "l"(db), "r"(1), "n"(kTransA), "n"(kTransB));
 #endif
 }
@@ -234,6 +283,16 @@ template <int N>
 __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// One k16 slice of a tile W columns wide (a multiple of 64 up to BN: an n tail pads at most 63 columns),
+// on the first W / 2 accumulators; W = 0 (a consumer with no rows in the tile) issues none. W is a
+// template argument and the tile's k-loop is instantiated per width: a wgmma under a branch inside the
+// loop makes ptxas serialise them all (C7520); a 128 + 64 pair for 192 runs out of registers (C7511).
+template <int W, int kTransA, int kTransB, int kAcc>
+__device__ __forceinline__ void mma_k16(float (&acc)[kAcc], uint64_t da, uint64_t db) {
+  static_assert(W % 64 == 0 && W <= 2 * kAcc, "a tile width of 64-column steps within the accumulators");
+  if constexpr (W > 0) wgmma_m64k16<kTransA, kTransB>(*reinterpret_cast<float(*)[W / 2]>(acc), da, db);
 }
 
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1, bool accumulate) {
@@ -327,13 +386,15 @@ __device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int 
 // Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
 // (tile_start maps one to its group); weights: n-tile, m-tile, then group.
 struct TileCoords {
-  int g, m0, m_end, n0, k_len, row_base;
+  int g, m0, m_end, n0, width, k_len, row_base;  // width: the tile's columns, N's tail rounded up to 64
 };
 template <class T, int kMode>
 __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, const Args& args) {
   const int n_tiles = (args.N + T::kBN - 1) / T::kBN;
   TileCoords c;
   c.n0 = (t % n_tiles) * T::kBN;
+  const int rest = (args.N - c.n0 + 63) / 64 * 64;
+  c.width = rest < T::kBN ? rest : T::kBN;
   t /= n_tiles;
   if constexpr (kMode == kWeights) {
     const int m_tiles = (args.M + kBM - 1) / kBM;
@@ -385,19 +446,22 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (it >= T::kStages) mbar_wait(empty0 + 8u * s, uint32_t(((it / T::kStages) & 1) ^ 1));
         const uint32_t full = full0 + 8u * s, a = base + uint32_t(s * T::kStageBytes), b = a + T::kABytes;
         const int k0 = kt * kBK;
-        mbar_expect_tx(full, T::kStageBytes);
+        // B in 64-column units (64 K-major rows or one MN-major panel, 8 KiB each), only the tile's width.
+        const int b_units = c.width / 64;
         if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
-#pragma unroll
-          for (int p = 0; p < kBM / 64; ++p) tma_2d(a + 8192u * p, map_a, c.m0 + 64 * p, c.row_base + k0, full);
-#pragma unroll
-          for (int p = 0; p < T::kBN / 64; ++p) tma_2d(b + 8192u * p, map_b, c.n0 + 64 * p, c.row_base + k0, full);
+          // A's second panel only where the second consumer's 64 rows lie inside M.
+          const int a_units = c.m0 + 64 < c.m_end ? 2 : 1;
+          mbar_expect_tx(full, (a_units + b_units) * 8192);
+          for (int p = 0; p < a_units; ++p) tma_2d(a + 8192u * p, map_a, c.m0 + 64 * p, c.row_base + k0, full);
+          for (int p = 0; p < b_units; ++p) tma_2d(b + 8192u * p, map_b, c.n0 + 64 * p, c.row_base + k0, full);
         } else {
+          mbar_expect_tx(full, T::kABytes + b_units * 8192);
           tma_2d(a, map_a, k0, c.m0, full);  // the rows' 128 x 64 K-major tile
-          if constexpr (kMode == kRowsKB) {
-            tma_2d(b, map_b, k0, c.g * args.N + c.n0, full);  // W [G N, K]: BN x 64
-          } else {
-#pragma unroll
-            for (int p = 0; p < T::kBN / 64; ++p) tma_3d(b + 8192u * p, map_b, c.n0 + 64 * p, k0, c.g, full);  // W [G][K][N]
+          for (int p = 0; p < b_units; ++p) {
+            if constexpr (kMode == kRowsKB)  // W [G N, K]
+              tma_2d(b + 8192u * p, map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
+            else  // W [G][K][N]
+              tma_3d(b + 8192u * p, map_b, c.n0 + 64 * p, k0, c.g, full);
           }
         }
       }
@@ -420,49 +484,64 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int t = int(blockIdx.x); t < tiles; t += int(gridDim.x)) {
     const TileCoords c = tile_coords<T, kMode>(t, groups, args);
     const int kt_count = (c.k_len + kBK - 1) / kBK;
+    // A warpgroup whose 64 rows all lie past the group's end (or M) only keeps the slots' rhythm.
+    const int slab0 = c.m0 + cw * 64;
+    const bool active = slab0 < c.m_end;
     float acc[T::kAcc];
 #pragma unroll
     for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
-    for (int kt = 0; kt < kt_count; ++kt, ++it) {
-      const int s = it % T::kStages;
-      mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
-      if constexpr (kMode == kWeights) {
-        const int valid = c.k_len - kt * kBK;  // rows of this k-step inside the group
-        if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
-          constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
-          const uint32_t tile = base + uint32_t(s * T::kStageBytes);
-          for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
-            const int panel = q / (kBK * 8), row = (q / 8) % kBK;
-            if (row >= valid)
-              asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (q % 8) * 16)),
-                           "r"(0)
-                           : "memory");
+    // The tile's k-steps with wgmmas W columns wide.
+    auto k_loop = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      for (int kt = 0; kt < kt_count; ++kt, ++it) {
+        const int s = it % T::kStages;
+        mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
+        if constexpr (kMode == kWeights) {
+          const int valid = c.k_len - kt * kBK;  // rows of this k-step inside the group
+          if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
+            constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
+            const uint32_t tile = base + uint32_t(s * T::kStageBytes);
+            for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
+              const int panel = q / (kBK * 8), row = (q / 8) % kBK;
+              if (row >= valid)
+                asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (q % 8) * 16)),
+                             "r"(0)
+                             : "memory");
+            }
+            fence_proxy_async();  // ordinary stores before the tensor cores read them
+            asm volatile("bar.sync 1, 256;\n" ::: "memory");
           }
-          fence_proxy_async();  // ordinary stores before the tensor cores read them
-          asm volatile("bar.sync 1, 256;\n" ::: "memory");
         }
-      }
-      const uint64_t stage = uint64_t(s) * kStageField;
-      fence_regs(acc);
-      wgmma_fence();
+        const uint64_t stage = uint64_t(s) * kStageField;
+        fence_regs(acc);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk)
-        wgmma_m64k16<kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous k-step's batch has finished: its slot is free
+        for (int kk = 0; kk < kBK / 16; ++kk)
+          mma_k16<W, kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous k-step's batch has finished: its slot is free
+        fence_regs(acc);
+        if (kt > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
+      }
+      wgmma_wait<0>();
       fence_regs(acc);
-      if (kt > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
+    };
+    using std::integral_constant;
+    if (!active) k_loop(integral_constant<int, 0>{});
+    else if (c.width == T::kBN) k_loop(integral_constant<int, T::kBN>{});
+    else if (c.width == 64) k_loop(integral_constant<int, 64>{});
+    else if constexpr (T::kBN == 256) {
+      if (c.width == 128) k_loop(integral_constant<int, 128>{});
+      else k_loop(integral_constant<int, 192>{});
     }
-    wgmma_wait<0>();
-    fence_regs(acc);
     if (kt_count > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
     // TMA stores wherever the box's bounds are the tensor's: every weights slab (C_g is its own [M, N]
     // box of the 3-d map; accumulate = reduce-add) and rows slabs wholly inside the group without
     // accumulate. A slab crossing the group's end (the next group's rows) or accumulating into bf16 takes
     // direct stores.
-    const int slab0 = c.m0 + cw * 64;
     if constexpr (kMode == kWeights) {
-      store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
+      if (active)
+        store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
     } else {
       if (slab0 + 64 <= c.m_end && !args.accumulate)
         store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
@@ -525,16 +604,15 @@ void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorM
   UM_CUDA_LAUNCHED();
 }
 
-// UM_SM90_TILE=narrow forces the 128 x 128 tile (benchmarks compare the two); default: the widest tile
-// whose padding of n is no worse.
-bool wide_for(int64_t n) {
+// UM_SM90_TILE=narrow forces the 128 x 128 tile (tests and benchmarks compare the two). Otherwise the
+// 256-wide one: with its n tail cut to a multiple of 64 it pads no more than the narrow tile and loads A
+// half as often per column.
+bool wide_tile() {
   static const bool narrow_only = [] {
     const char* e = std::getenv("UM_SM90_TILE");
     return e && std::string(e) == "narrow";
   }();
-  if (narrow_only) return false;
-  auto padded = [n](int64_t bn) { return (n + bn - 1) / bn * bn; };
-  return padded(Wide::kBN) <= padded(Narrow::kBN);
+  return !narrow_only;
 }
 
 void fill_groups(Groups& g, const ops::RowGroups& h) {
@@ -560,8 +638,8 @@ void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool 
   if (b_mn_major) {  // W [G][K][N]: 64 x 64 panels
     const CUtensorMap mb = tensor_map<3>(b, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
     launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
-  } else {  // W [G N, K]: BN x 64 tiles
-    const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), uint32_t(T::kBN)});
+  } else {  // W [G N, K]: 64 x 64 boxes (the tile's width of them)
+    const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), 64u});
     launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
   }
 }
@@ -612,7 +690,7 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   if (g.tile_start[g.count] == 0) return;
   const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0};
   const int64_t R = rows_end(groups);
-  if (wide_for(N)) rows<Wide>(g, args, a, b, b_mn_major, R);
+  if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
 }
 
@@ -622,7 +700,7 @@ void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int
   fill_groups(g, groups);
   const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0};
   const int64_t R = rows_end(groups);
-  if (wide_for(N)) weights<Wide>(g, args, a, b, R);
+  if (wide_tile()) weights<Wide>(g, args, a, b, R);
   else weights<Narrow>(g, args, a, b, R);
 }
 

@@ -1,7 +1,7 @@
 // Hopper (sm_90a) grouped GEMM for the expert matmuls of a mixture-of-experts layer: every group's
 // product in one launch, on the tensor cores' warpgroup MMA (wgmma), bf16 in, fp32 accumulate.
 //
-// A persistent CTA per SM walks 128 x 256 tiles of C = A . B^T (128 x 128 where that pads n less):
+// A persistent CTA per SM walks 128 x 256 tiles of C = A . B^T (the n tail narrower, in steps of 64):
 // one producer thread streams each k-step's tiles with the tensor memory accelerator into a 4-6 stage
 // shared-memory ring, two consumer warpgroups (64 rows each) run wgmma on it; edges (a group's last rows,
 // the k tail, the n tail) are exact without padding the tensors. The two kinds of product the layer
