@@ -56,7 +56,7 @@ struct Tile {
   static constexpr int kSmemBytes = kStagingOffset + kStagingBytes + 1024 + 2 * STAGES * 8;
 };
 using Wide = Tile<256, 4>;    // 192 KiB of stages
-using Narrow = Tile<128, 6>;  // 192 KiB of stages, for widths a 256 tile would pad more
+using Narrow = Tile<128, 6>;  // 192 KiB of stages; only with UM_SM90_TILE=narrow (tests, benchmarks)
 
 // Group table as a kernel parameter (12 KiB: parameters may be up to 32 KiB since CUDA 12.1): no upload,
 // no synchronisation. tile_start[g]: the first m-tile of group g in the "rows" grid.
