@@ -43,10 +43,7 @@ __global__ void swiglu_forward_kernel(const T* __restrict__ x, T* __restrict__ y
     const T* xr = x + r * 2 * h;
     Pack<T, V> pg = load_pack<V>(xr + k), pu = load_pack<V>(xr + h + k), o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      float g = to_f32(pg.v[j]);
-      o.v[j] = from_f32<T>(g * sigmoid(g) * to_f32(pu.v[j]));
-    }
+    for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(silu_mul_value(to_f32(pg.v[j]), to_f32(pu.v[j])));
     store_pack<V>(y + r * h + k, o);
   }
 }
@@ -76,9 +73,8 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ x, const T* __restr
       }
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        float g = to_f32(pg.v[j]), u = to_f32(pu.v[j]), d = to_f32(pd.v[j]);
-        float s = sigmoid(g);
-        float dgate = d * u * s * (1.f + g * (1.f - s)), dup = d * g * s;
+        float dgate, dup;
+        silu_mul_grads(to_f32(pg.v[j]), to_f32(pu.v[j]), to_f32(pd.v[j]), dgate, dup);
         og.v[j] = from_f32<T>(accumulate ? to_f32(old_g.v[j]) + dgate : dgate);
         ou.v[j] = from_f32<T>(accumulate ? to_f32(old_u.v[j]) + dup : dup);
       }
@@ -95,15 +91,12 @@ __global__ void silu_mul_forward_kernel(const T* __restrict__ gate, const T* __r
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     Pack<T, V> pg = load_pack<V>(gate + i * V), pu = load_pack<V>(up + i * V), o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      float g = to_f32(pg.v[j]);
-      o.v[j] = from_f32<T>(g * sigmoid(g) * to_f32(pu.v[j]));
-    }
+    for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(silu_mul_value(to_f32(pg.v[j]), to_f32(pu.v[j])));
     store_pack<V>(y + i * V, o);
   }
 }
 
-// dgate = dy * up * s * (1 + g (1 - s)), dup = dy * g * s, s = sigmoid(gate); a null output is skipped
+// The gradients of silu_mul (activation_math.cuh) into dgate and dup; a null output is skipped
 // (the test is uniform over the grid).
 template <typename T, int V>
 __global__ void silu_mul_backward_kernel(const T* __restrict__ gate, const T* __restrict__ up,
@@ -116,9 +109,8 @@ __global__ void silu_mul_backward_kernel(const T* __restrict__ gate, const T* __
     if (dup && acc_up) old_u = load_pack<V>(dup + i * V);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      float g = to_f32(pg.v[j]), u = to_f32(pu.v[j]), d = to_f32(pd.v[j]);
-      float s = sigmoid(g);
-      float vg = d * u * s * (1.f + g * (1.f - s)), vu = d * g * s;
+      float vg, vu;
+      silu_mul_grads(to_f32(pg.v[j]), to_f32(pu.v[j]), to_f32(pd.v[j]), vg, vu);
       og.v[j] = from_f32<T>(acc_gate ? to_f32(old_g.v[j]) + vg : vg);
       ou.v[j] = from_f32<T>(acc_up ? to_f32(old_u.v[j]) + vu : vu);
     }

@@ -1,5 +1,6 @@
 // Device math of the activation family (fp32), shared by the kernels that fuse an activation:
-// GPT-2's tanh GELU and the sigmoid of SiLU (formulas in include/ultramem/ops/activation.h).
+// GPT-2's tanh GELU, the sigmoid of SiLU and SwiGLU's silu(gate) * up (formulas in
+// include/ultramem/ops/activation.h).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -16,5 +17,12 @@ __device__ __forceinline__ float gelu_derivative(float x) {
   return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kGeluScale * (1.f + 3.f * kGeluCubic * x * x);
 }
 __device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
+// SwiGLU's product silu(gate) * up, and its gradients for an upstream d: d/dgate = d up s (1 + g (1 - s)),
+// d/dup = d g s, s = sigmoid(gate).
+__device__ __forceinline__ float silu_mul_value(float g, float u) { return g * sigmoid(g) * u; }
+__device__ __forceinline__ void silu_mul_grads(float g, float u, float d, float& dgate, float& dup) {
+  const float s = sigmoid(g);
+  dgate = d * u * s * (1.f + g * (1.f - s)), dup = d * g * s;
+}
 
 }  // namespace um::cuda
