@@ -43,9 +43,12 @@ namespace {
 
 constexpr int kBM = 128, kBK = 64, kThreads = 384;  // producer + two consumer warpgroups
 constexpr int kConsumerWarps = 8;
+// One 64-row x 128-byte block in the 128-byte swizzle: 64 rows of a K-major tile (64 k-values each), one
+// MN-major panel (64 k rows of 64 mn), one epilogue chunk; operands move in these units.
+constexpr int kBoxBytes = 64 * 128;
 // Epilogue staging: per consumer warpgroup two 8 KiB buffers, each one 64-row x 128-byte chunk of its
 // 64 x BN output (64 bf16 or 32 f32 columns) that a TMA store (or reduce-add) then writes out.
-constexpr int kChunkBytes = 64 * 128, kStagingBytes = 2 * 2 * kChunkBytes;
+constexpr int kChunkBytes = kBoxBytes, kStagingBytes = 2 * 2 * kChunkBytes;
 
 template <int BN, int STAGES>
 struct Tile {
@@ -306,17 +309,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
           // A's second panel only where the second consumer's 64 rows lie inside M.
           const int a_units = c.m0 + 64 < c.m_end ? 2 : 1;
-          mbar_expect_tx(full, (a_units + b_units) * 8192);
-          for (int p = 0; p < a_units; ++p) tma_2d(a + 8192u * p, map_a, c.m0 + 64 * p, c.row_base + k0, full);
-          for (int p = 0; p < b_units; ++p) tma_2d(b + 8192u * p, map_b, c.n0 + 64 * p, c.row_base + k0, full);
+          mbar_expect_tx(full, (a_units + b_units) * kBoxBytes);
+          for (int p = 0; p < a_units; ++p)
+            tma_2d(a + uint32_t(kBoxBytes * p), map_a, c.m0 + 64 * p, c.row_base + k0, full);
+          for (int p = 0; p < b_units; ++p)
+            tma_2d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, c.row_base + k0, full);
         } else {
-          mbar_expect_tx(full, T::kABytes + b_units * 8192);
+          mbar_expect_tx(full, T::kABytes + b_units * kBoxBytes);
           tma_2d(a, map_a, k0, c.m0, full);  // the rows' 128 x 64 K-major tile
           for (int p = 0; p < b_units; ++p) {
             if constexpr (kMode == kRowsKB)  // W [G N, K]
-              tma_2d(b + 8192u * p, map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
+              tma_2d(b + uint32_t(kBoxBytes * p), map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
             else  // W [G][K][N]
-              tma_3d(b + 8192u * p, map_b, c.n0 + 64 * p, k0, c.g, full);
+              tma_3d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, k0, c.g, full);
           }
         }
       }
@@ -330,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr uint64_t kStageField = T::kStageBytes >> 4;
   constexpr uint64_t kKkA = (kAmn ? 2048 : 32) >> 4, kKkB = (kBmn ? 2048 : 32) >> 4;
   // This warpgroup's 64 rows: K-major rows 64 cw.. (8 KiB in), MN-major panel cw (also 8 KiB in).
-  const uint64_t da0 = operand_desc<kAmn>(base + uint32_t(cw) * 8192u), db0 = operand_desc<kBmn>(base + T::kABytes);
+  const uint64_t da0 = operand_desc<kAmn>(base + uint32_t(cw * kBoxBytes)), db0 = operand_desc<kBmn>(base + T::kABytes);
   // A slot is free when every consumer warp has waited for the batch that read it: one arrival per warp
   // (lane 0, after the warp's own wgmma.wait_group).
   const bool releaser = (threadIdx.x & 31) == 0;
@@ -359,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
               const int panel = q / (kBK * 8), row = (q / 8) % kBK;
               if (row >= valid)
-                asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * 8192 + row * 128 + (q % 8) * 16)),
+                asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * kBoxBytes + row * 128 + (q % 8) * 16)),
                              "r"(0)
                              : "memory");
             }
