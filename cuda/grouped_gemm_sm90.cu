@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include "grouped_gemm_sm90.cuh"
+#include "activation_math.cuh"
 #include "wgmma_sm90.cuh"
 
 // The portable PTX pass sees the tile constants but compiles empty kernels: no unused-member warnings.
@@ -78,8 +79,9 @@ struct Args {
   int accumulate;
 };
 
-// The three products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW).
-enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2 };
+// The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), and the dx
+// product whose epilogue applies SwiGLU's backward (kRowsDSwiGLU: C = dact never reaches memory).
+enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2, kRowsDSwiGLU = 3 };
 
 // The device code proper: compiled for sm_90a (and seen by the host pass); the portable PTX pass gets
 // empty kernels, which `available` never lets run.
@@ -239,6 +241,84 @@ __device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int 
   }
 }
 
+// SwiGLU's backward as the epilogue of the dx product dact = dy . W_g (kRowsDSwiGLU). After a tile's
+// k-steps the producer queues one ring slot per 64-column chunk of the tile, holding the tile's 128 rows
+// of gate (two 64-row boxes, one per consumer warpgroup) and then of up (two more): gate and up come in
+// through the ring like operands, so their loads overlap the k-steps. Each thread reads its pairs and
+// frees the slot at once (the producer refills it with the next tile's k-steps while this epilogue
+// runs), turns them into dgate, dup (activation_math.cuh), and stages both 64 x 64 chunks in its
+// warpgroup's two staging buffers, from which two TMA stores write them into the halves of
+// dh = [dgate | dup]. A slab crossing its group's end (the next group's rows) stores its rows directly.
+template <class T>
+__device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAcc], int cw, uint32_t base,
+                                                       uint32_t staging, uint32_t full0, uint32_t empty0, int& it,
+                                                       const CUtensorMap& map_dg, const CUtensorMap& map_du,
+                                                       bf16* dh, int N, int n0, int width, int slab0, int m_end) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const bool issuer = (threadIdx.x & 127) == 0, active = slab0 < m_end, staged = slab0 + 64 <= m_end;
+  const uint32_t dg_buf = staging + uint32_t(cw * 2 * kChunkBytes), du_buf = dg_buf + uint32_t(kChunkBytes);
+#pragma unroll
+  for (int q = 0; q < T::kBN / 64; ++q) {
+    if (q * 64 >= width) break;  // uniform: the tile's chunks
+    const int s = it % T::kStages;
+    mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
+    const uint32_t g_buf = base + uint32_t(s * T::kStageBytes + cw * kBoxBytes), u_buf = g_buf + 2u * kBoxBytes;
+    uint32_t g2[16], u2[16];  // pair (jj, i): row warp 16 + lane / 4 + 8 i, columns 8 jj + 2 (lane % 4) (+ 1)
+    if (active) {
+#pragma unroll
+      for (int p = 0; p < 16; ++p) {
+        const int jj = p >> 1, r = warp * 16 + (lane >> 2) + (p & 1) * 8, col = jj * 8 + (lane & 3) * 2;
+        const uint32_t off = uint32_t(r * 128 + ((((col >> 3) ^ (r & 7)) << 4) | ((col & 7) * 2)));
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(g2[p]) : "r"(g_buf + off) : "memory");
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(u2[p]) : "r"(u_buf + off) : "memory");
+      }
+    }
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(empty0 + 8u * s);  // the warp's reads are done: the slot is free
+    ++it;
+    if (!active) continue;
+    // Before the staging buffers are rewritten, the previous chunk's stores have read them.
+    if (staged) {
+      if (issuer) bulk_wait_read<0>();
+      warpgroup_bar(cw);
+    }
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int jj = p >> 1, i = p & 1, r = warp * 16 + (lane >> 2) + i * 8, col = jj * 8 + (lane & 3) * 2;
+      const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&g2[p]);
+      const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&u2[p]);
+      const int j = q * 8 + jj;
+      float dg0, du0, dg1, du1;
+      silu_mul_grads(__bfloat162float(g.x), __bfloat162float(u.x), acc[j * 4 + i * 2], dg0, du0);
+      silu_mul_grads(__bfloat162float(g.y), __bfloat162float(u.y), acc[j * 4 + i * 2 + 1], dg1, du1);
+      const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
+      if (staged) {
+        const uint32_t off = uint32_t(r * 128 + ((((col >> 3) ^ (r & 7)) << 4) | ((col & 7) * 2)));
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dg_buf + off), "r"(*reinterpret_cast<const uint32_t*>(&pg))
+                     : "memory");
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(du_buf + off), "r"(*reinterpret_cast<const uint32_t*>(&pu))
+                     : "memory");
+      } else {
+        const int row = slab0 + r, c = n0 + q * 64 + col;
+        if (row < m_end && c < N) {
+          bf16* out = dh + int64_t(row) * 2 * N + c;
+          *reinterpret_cast<__nv_bfloat162*>(out) = pg;
+          *reinterpret_cast<__nv_bfloat162*>(out + N) = pu;
+        }
+      }
+    }
+    if (staged) {
+      fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+      warpgroup_bar(cw);
+      if (issuer) {
+        tma_store_2d(map_dg, dg_buf, n0 + q * 64, slab0);
+        tma_store_2d(map_du, du_buf, n0 + q * 64, slab0);
+        bulk_commit();
+      }
+    }
+  }
+}
+
 #endif  // the device code proper
 
 // Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
@@ -278,7 +358,8 @@ __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, c
 template <class T, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                const __grid_constant__ CUtensorMap map_c, const __grid_constant__ Groups groups, const Args args,
+                const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_h,
+                const __grid_constant__ CUtensorMap map_du, const __grid_constant__ Groups groups, const Args args,
                 int tiles) {
 #ifdef UM_SM90_DEVICE
   constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB;
@@ -323,6 +404,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             else  // W [G][K][N]
               tma_3d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, k0, c.g, full);
           }
+        }
+      }
+      if constexpr (kMode == kRowsDSwiGLU) {  // the epilogue's gate and up, a slot per 64-column chunk
+        for (int q = 0; q < c.width / 64; ++q, ++it) {
+          const int s = it % T::kStages;
+          if (it >= T::kStages) mbar_wait(empty0 + 8u * s, uint32_t(((it / T::kStages) & 1) ^ 1));
+          const uint32_t full = full0 + 8u * s, slot = base + uint32_t(s * T::kStageBytes);
+          mbar_expect_tx(full, 4 * kBoxBytes);
+          for (int p = 0; p < 4; ++p)  // h = [gate | up], [rows, 2 N]: gate rows m0, m0 + 64, then up's
+            tma_2d(slot + uint32_t(kBoxBytes * p), map_h, (p >= 2 ? args.N : 0) + c.n0 + q * 64, c.m0 + 64 * (p & 1),
+                   full);
         }
       }
     }
@@ -402,6 +494,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kMode == kWeights) {
       if (active)
         store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
+    } else if constexpr (kMode == kRowsDSwiGLU) {
+      swiglu_backward_chunks<T>(acc, cw, base, staging, full0, empty0, it, map_c, map_du, static_cast<bf16*>(args.c),
+                                args.N, c.n0, c.width, slab0, c.m_end);
     } else {
       if (slab0 + 64 <= c.m_end && !args.accumulate)
         store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
@@ -452,15 +547,16 @@ CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_
 
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
 // Persistent: one CTA per SM (or fewer when there are fewer tiles).
+// h and du: the SwiGLU-backward product's gate / up source and dup destination (c stands in elsewhere).
 template <auto K>
 void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
-            const Groups& g, const Args& args) {
+            const Groups& g, const Args& args, const CUtensorMap* h = nullptr, const CUtensorMap* du = nullptr) {
   static const cudaError_t raised = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   UM_CUDA(raised);
   UM_CHECK(tiles < int64_t(INT32_MAX), "sm90 grouped GEMM: fewer than 2^31 tiles", tiles);
   if (tiles == 0) return;
   const unsigned ctas = unsigned(std::min<int64_t>(tiles, sm_count()));
-  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, c, g, args, int(tiles));
+  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, c, h ? *h : c, du ? *du : c, g, args, int(tiles));
   UM_CUDA_LAUNCHED();
 }
 
@@ -502,6 +598,21 @@ void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool 
     const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), 64u});
     launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
   }
+}
+
+// dh = [dgate | dup] (bf16 [rows, 2 N]) from dact = dy . W_g (dy [rows, K], W [G][K][N]) and h = [gate | up].
+template <class T>
+void rows_swiglu_backward(const Groups& g, const Args& args, const bf16* dy, const bf16* w, const bf16* h, bf16* dh,
+                          int64_t rows_total) {
+  const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
+  const CUtensorMap ma = tensor_map<2>(dy, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
+  const CUtensorMap mb = tensor_map<3>(w, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
+  const CUtensorMap mh = tensor_map<2>(h, {2 * N, R}, {2 * N}, {64u, 64u});
+  // The halves of dh as [rows, N] tensors of row stride 2 N: stores clip at N.
+  const CUtensorMap mdg = tensor_map<2>(dh, {N, R}, {2 * N}, {64u, 64u});
+  const CUtensorMap mdu = tensor_map<2>(dh + N, {N, R}, {2 * N}, {64u, 64u});
+  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * g.tile_start[g.count];
+  launch<gemm_kernel<T, kRowsDSwiGLU>>(T::kSmemBytes, tiles, ma, mb, mdg, g, args, &mh, &mdu);
 }
 
 template <class T>
@@ -552,6 +663,17 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
+}
+
+void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, bf16* dh, int64_t N, int64_t K,
+                                       const ops::RowGroups& groups) {
+  thread_local Groups g;
+  fill_groups(g, groups);
+  if (g.tile_start[g.count] == 0) return;
+  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0};
+  const int64_t R = rows_end(groups);
+  if (wide_tile()) rows_swiglu_backward<Wide>(g, args, dy, w, h, dh, R);
+  else rows_swiglu_backward<Narrow>(g, args, dy, w, h, dh, R);
 }
 
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,

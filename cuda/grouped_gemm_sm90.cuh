@@ -33,6 +33,12 @@ bool available();
 void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, int64_t N, int64_t K,
                        const ops::RowGroups& groups, bool accumulate);
 
+// rows with SwiGLU's backward in the epilogue: dact = dy (bf16 [rows, K]) . W_g (W [G][K][N], as the
+// MN-major rows product) never reaches memory; each element goes with h = [gate | up] (bf16 [rows, 2 N])
+// into dh = [dgate | dup] (bf16 [rows, 2 N], not accumulated). Rows outside every group are not written.
+void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, bf16* dh, int64_t N, int64_t K,
+                                       const ops::RowGroups& groups);
+
 // weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16
 // [rows, M], B bf16 [rows, N]. An empty group writes C_g = 0 (accumulate: leaves it).
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,

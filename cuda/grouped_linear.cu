@@ -23,6 +23,7 @@
 #include "common.cuh"
 #include "grouped_gemm_sm90.cuh"
 #include "ultramem/core/arena.h"
+#include "ultramem/ops/activation.h"
 #include "ultramem/ops/grouped_linear.h"
 
 namespace um::cuda {
@@ -241,6 +242,26 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
     }
     run_problems(ps, t, type_of(dW.grad.dtype()), dW.accumulate, x.device());
   }
+}
+
+// On the sm90 path (and dh not accumulated) one kernel computes dh from dy, W and h: SwiGLU's backward is
+// the dx product's epilogue, so dact never reaches memory (on the 64-expert layer that skips a 107 MB write
+// and read and a separate kernel). Elsewhere dact is materialised and SwiGLU's backward kernel follows.
+void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
+                                    const ops::RowGroups& groups, const GradSlot& dh, const GradSlot& dW) {
+  const int64_t rows = a.dim(0), in = W.dim(2), out = W.dim(1);
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; };
+  if (dh && !dh.accumulate && use_sm90(a, W, groups) && aligned(dy) && aligned(h) && aligned(dh.grad)) {
+    if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(dh.grad.data(), 0, dh.grad.nbytes(), stream()));
+    sm90::grouped_gemm_rows_swiglu_backward(dy.data_as<bf16>(), W.data_as<bf16>(), h.data_as<bf16>(),
+                                            dh.grad.data_as<bf16>(), in, out, groups);
+    if (dW) cuda::grouped_linear_backward(a, W, dy, groups, GradSlot{}, dW);
+    return;
+  }
+  GradSlot da;
+  if (dh) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
+  cuda::grouped_linear_backward(a, W, dy, groups, da, dW);
+  if (dh) cuda::swiglu_backward(h, da.grad, dh.grad, dh.accumulate);
 }
 
 }  // namespace um::cuda

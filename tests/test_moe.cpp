@@ -5,6 +5,7 @@
 #include <numeric>
 #include <random>
 
+#include "grouped_rows.h"
 #include "src/nn/moe.h"
 #include "testing.h"
 #include "ultramem/ops/elementwise.h"
@@ -580,22 +581,11 @@ TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, 
 
 TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empty groups, gaps, accumulate", "[gpu][moe]") {
   UM_REQUIRE_GPU();
-#if ULTRAMEM_CUDA
-  // On a Hopper device the bf16 path must be the sm90 kernel (a silent cuBLAS fallback would leave the
-  // kernel untested); elsewhere this case checks the cuBLAS path with the same shapes.
-  if (cuda_device_name().find("H100") != std::string::npos || cuda_device_name().find("H200") != std::string::npos)
-    REQUIRE(cuda::grouped_gemm_sm90_available());
-#endif
+  require_sm90_on_hopper();
   PoisonArena poison(Device::cuda());
   struct Case {
     int64_t in, out;
-    std::vector<int64_t> sizes;  // consecutive groups; a negative size is a gap of rows in no group
-  };
-  // More than 16 non-empty groups each (the repeats multiply a pattern): the kernel's group table at scale.
-  auto repeat = [](std::vector<int64_t> p, int times) {
-    std::vector<int64_t> out;
-    for (int i = 0; i < times; ++i) out.insert(out.end(), p.begin(), p.end());
-    return out;
+    std::vector<int64_t> sizes;  // groups_of's sizes: more than 16 non-empty groups each
   };
   const std::vector<Case> cases = {
       {64, 136, repeat({0, 1, 127, 128, 129, 0, 300}, 4)},  // m-tile edges, empty groups, n tail (136 = 128 + 8)
@@ -604,16 +594,8 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
       {408, 768, repeat({131, 65}, 9)},                     // its down projection (k 408)
   };
   for (const Case& c : cases) {
-    ops::RowGroups g;
     int64_t rows = 0;
-    for (int64_t sz : c.sizes) {
-      if (sz < 0) {
-        rows -= sz;
-        continue;
-      }
-      g.start.push_back(rows), g.size.push_back(sz);
-      rows += sz;
-    }
+    const ops::RowGroups g = groups_of(c.sizes, rows);
     const int64_t G = g.count();
     INFO("in " << c.in << " out " << c.out << " rows " << rows << " groups " << G);
     const Tensor x = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 90), DType::bf16);
@@ -638,9 +620,7 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
       CHECK(rel_error(gpu[1], ref[1]) < kTolBF16);
       CHECK(rel_error(gpu[2], ref[2]) < 1e-4);  // f32 master gradient of bf16 products
       // Rows outside every group: y = 0, dx = 0 (accumulate: unchanged) exactly.
-      for (int64_t r = 0, gi = 0; r < rows; ++r) {
-        while (gi < G && g.start[size_t(gi)] + g.size[size_t(gi)] <= r) ++gi;
-        if (gi < G && r >= g.start[size_t(gi)]) continue;
+      for (int64_t r : rows_outside(g, rows)) {
         CHECK(gpu[0][size_t(r * c.out)] == 0.0);
         CHECK(gpu[1][size_t(r * c.in)] == ref[1][size_t(r * c.in)]);
       }

@@ -2,6 +2,7 @@
 
 #include "src/ops/dispatch.h"
 #include "ultramem/core/arena.h"
+#include "ultramem/ops/activation.h"
 
 namespace um::ops {
 
@@ -67,6 +68,47 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   }
   check_weight_grad(dW, W);
   UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
+}
+
+void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
+                                    const RowGroups& groups, const GradSlot& dh, const GradSlot& dW) {
+  check_groups(a, W, groups, "swiglu_grouped_linear backward");
+  UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(0) == a.dim(0) && h.dim(1) == 2 * a.dim(1),
+           detail::concat("swiglu_grouped_linear backward: h of shape [", a.dim(0), ", ", 2 * a.dim(1), "]"),
+           h.defined() ? h.desc() : "undefined");
+  check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
+  check_same_device(h, a, "swiglu_grouped_linear backward: h");
+  check_shape(dy, Shape{a.dim(0), W.dim(1)}, "swiglu_grouped_linear backward: dy");
+  check_dtype(dy, a.dtype(), "swiglu_grouped_linear backward: dy");
+  check_same_device(a, dy, "swiglu_grouped_linear backward: dy");
+  if (dh) {
+    check_shape(dh.grad, h.shape(), "swiglu_grouped_linear backward: dh");
+    check_dtype(dh.grad, h.dtype(), "swiglu_grouped_linear backward: dh");
+    check_same_device(h, dh.grad, "swiglu_grouped_linear backward: dh");
+  }
+  check_weight_grad(dW, W);
+  if (!dh && !dW) return;
+  UM_DISPATCH_DEVICE(a, swiglu_grouped_linear_backward, h, a, W, dy, groups, dh, dW);
+}
+
+Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& W, const RowGroups& groups) {
+  UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(1) % 2 == 0, "swiglu_grouped_linear: h of shape [rows, 2 in]",
+           h.defined() ? h.desc() : "undefined");
+  Tensor a = alloc_activation(Shape{h.dim(0), h.dim(1) / 2}, h.dtype(), h.device());
+  swiglu_forward(h, a);
+  check_groups(a, W, groups, "swiglu_grouped_linear");
+  Tensor y = alloc_activation(Shape{a.dim(0), W.dim(1)}, a.dtype(), a.device());
+  grouped_linear_forward(a, W, groups, y);
+  if (needs_grad({&h, &W})) {
+    y.set_requires_grad(true);
+    current_tape()->record([h, a, W, groups, y] {
+      Tensor gy = grad_of(y);
+      if (!gy) return;
+      GradSlot dh = grad_slot(h), dW = grad_slot(W);
+      swiglu_grouped_linear_backward(h, a, W, gy, groups, dh, dW);
+    });
+  }
+  return y;
 }
 
 Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups) {

@@ -1,0 +1,56 @@
+// Helpers of the grouped-GEMM tests (test_moe.cpp, test_swiglu_grouped_linear.cpp): row groups from a
+// list of sizes, and the check that a Hopper device really runs the sm90 kernel.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "testing.h"
+#include "ultramem/ops/grouped_linear.h"
+
+namespace um::testing {
+
+// Consecutive groups from sizes (a negative size is a gap of that many rows in no group); `rows` gets
+// the total.
+inline ops::RowGroups groups_of(const std::vector<int64_t>& sizes, int64_t& rows) {
+  ops::RowGroups g;
+  rows = 0;
+  for (int64_t sz : sizes) {
+    if (sz < 0) {
+      rows -= sz;
+      continue;
+    }
+    g.start.push_back(rows), g.size.push_back(sz);
+    rows += sz;
+  }
+  return g;
+}
+
+// The pattern `times` over (more than 16 non-empty groups: the kernel's group table at scale).
+inline std::vector<int64_t> repeat(const std::vector<int64_t>& pattern, int times) {
+  std::vector<int64_t> out;
+  for (int i = 0; i < times; ++i) out.insert(out.end(), pattern.begin(), pattern.end());
+  return out;
+}
+
+// The rows of no group, ascending.
+inline std::vector<int64_t> rows_outside(const ops::RowGroups& g, int64_t rows) {
+  std::vector<int64_t> out;
+  for (int64_t r = 0, gi = 0; r < rows; ++r) {
+    while (gi < g.count() && g.start[size_t(gi)] + g.size[size_t(gi)] <= r) ++gi;
+    if (gi < g.count() && r >= g.start[size_t(gi)]) continue;
+    out.push_back(r);
+  }
+  return out;
+}
+
+// On a Hopper device the bf16 path must be the sm90 kernel (a silent cuBLAS fallback would leave the
+// kernel untested); elsewhere the caller's case checks the cuBLAS path with the same shapes.
+inline void require_sm90_on_hopper() {
+#if ULTRAMEM_CUDA
+  const std::string name = cuda_device_name();
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos)
+    REQUIRE(cuda::grouped_gemm_sm90_available());
+#endif
+}
+
+}  // namespace um::testing
