@@ -277,33 +277,36 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
     if ((threadIdx.x & 31) == 0) mbar_arrive(empty0 + 8u * s);  // the warp's reads are done: the slot is free
     ++it;
     if (!active) continue;
-    // Before the staging buffers are rewritten, the previous chunk's stores have read them.
+    // dgate, dup in place of gate, up; only then wait for the previous chunk's stores to have read the
+    // staging buffers, so that wait overlaps this arithmetic.
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int j = q * 8 + (p >> 1), i = p & 1;
+      const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&g2[p]);
+      const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&u2[p]);
+      float dg0, du0, dg1, du1;
+      silu_mul_grads(__bfloat162float(g.x), __bfloat162float(u.x), acc[j * 4 + i * 2], dg0, du0);
+      silu_mul_grads(__bfloat162float(g.y), __bfloat162float(u.y), acc[j * 4 + i * 2 + 1], dg1, du1);
+      const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
+      g2[p] = *reinterpret_cast<const uint32_t*>(&pg), u2[p] = *reinterpret_cast<const uint32_t*>(&pu);
+    }
     if (staged) {
       if (issuer) bulk_wait_read<0>();
       warpgroup_bar(cw);
     }
 #pragma unroll
     for (int p = 0; p < 16; ++p) {
-      const int jj = p >> 1, i = p & 1, r = warp * 16 + (lane >> 2) + i * 8, col = jj * 8 + (lane & 3) * 2;
-      const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&g2[p]);
-      const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&u2[p]);
-      const int j = q * 8 + jj;
-      float dg0, du0, dg1, du1;
-      silu_mul_grads(__bfloat162float(g.x), __bfloat162float(u.x), acc[j * 4 + i * 2], dg0, du0);
-      silu_mul_grads(__bfloat162float(g.y), __bfloat162float(u.y), acc[j * 4 + i * 2 + 1], dg1, du1);
-      const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
+      const int r = warp * 16 + (lane >> 2) + (p & 1) * 8, col = (p >> 1) * 8 + (lane & 3) * 2;
       if (staged) {
         const uint32_t off = uint32_t(r * 128 + ((((col >> 3) ^ (r & 7)) << 4) | ((col & 7) * 2)));
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dg_buf + off), "r"(*reinterpret_cast<const uint32_t*>(&pg))
-                     : "memory");
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(du_buf + off), "r"(*reinterpret_cast<const uint32_t*>(&pu))
-                     : "memory");
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dg_buf + off), "r"(g2[p]) : "memory");
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(du_buf + off), "r"(u2[p]) : "memory");
       } else {
         const int row = slab0 + r, c = n0 + q * 64 + col;
         if (row < m_end && c < N) {
-          bf16* out = dh + int64_t(row) * 2 * N + c;
-          *reinterpret_cast<__nv_bfloat162*>(out) = pg;
-          *reinterpret_cast<__nv_bfloat162*>(out + N) = pu;
+          uint32_t* out = reinterpret_cast<uint32_t*>(dh + int64_t(row) * 2 * N + c);
+          out[0] = g2[p];
+          out[N / 2] = u2[p];  // N is even (a multiple of 8)
         }
       }
     }

@@ -9,6 +9,8 @@
 // atomics anywhere, bitwise reproducible.
 #include "ultramem/ops/moe_router.h"
 
+#include <type_traits>
+
 #include "common.cuh"
 #include "ultramem/core/arena.h"
 
@@ -22,6 +24,8 @@ constexpr int kTopkWarps = 8, kTopkBlocksPerSm = 8;  // the top-k kernel: grid-s
 constexpr int kSumThreads = 256, kSumRows = 128;
 
 // One token: softmax, top-k, the token's outputs; lane j < k returns slot j's expert (-1 on other lanes).
+// The row stays in registers, V values per lane (expert lane + 32 i), so the k passes read no memory.
+template <int V>
 __device__ __forceinline__ int route_token(const float* __restrict__ logits, int t, int E, int k, bool renormalize,
                                            float* __restrict__ probs, float* __restrict__ lse,
                                            float* __restrict__ weights, int32_t* __restrict__ experts,
@@ -29,25 +33,37 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
   const int lane = threadIdx.x & 31;
   const float* x = logits + int64_t(t) * E;
   float* p = probs + int64_t(t) * E;
+  float v[V];
   float m = -INFINITY;
-  for (int e = lane; e < E; e += 32) m = fmaxf(m, x[e]);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < E ? x[e] : -INFINITY;
+    m = fmaxf(m, v[i]);
+  }
   m = warp_max(m);
   float s = 0.f;
-  for (int e = lane; e < E; e += 32) s += expf(x[e] - m);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    v[i] = lane + 32 * i < E ? expf(v[i] - m) : 0.f;
+    s += v[i];
+  }
   s = warp_sum(s);
   const float l = m + logf(s);
-  for (int e = lane; e < E; e += 32) p[e] = expf(x[e] - m) / s;
-  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (lane + 32 * i < E) v[i] /= s, p[lane + 32 * i] = v[i];
   // Pass j: the largest (v, -e) strictly below (pv, -pe). Every lane ends a pass with the same pick.
   float pv = INFINITY, my_v = -1.f, sel = 0.f;
   int pe = -1, my_e = 0;
   for (int j = 0; j < k; ++j) {
     float bv = -1.f;  // probabilities are >= 0: any eligible one displaces -1
     int be = INT32_MAX;
-    for (int e = lane; e < E; e += 32) {
-      const float v = p[e];
-      const bool eligible = v < pv || (v == pv && e > pe);
-      if (eligible && (v > bv || (v == bv && e < be))) bv = v, be = e;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int e = lane + 32 * i;
+      const bool eligible = e < E && (v[i] < pv || (v[i] == pv && e > pe));
+      if (eligible && (v[i] > bv || (v[i] == bv && e < be))) bv = v[i], be = e;
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -71,6 +87,7 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
 }
 
 // Grid-stride warps over tokens; block b's assignment counts go to count_partials[b, :] (E of them).
+template <int V>
 __global__ void __launch_bounds__(kTopkWarps * 32)
     router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,
                        float* __restrict__ probs, float* __restrict__ lse, float* __restrict__ weights,
@@ -79,7 +96,7 @@ __global__ void __launch_bounds__(kTopkWarps * 32)
   for (int e = threadIdx.x; e < E; e += blockDim.x) block_counts[e] = 0;
   __syncthreads();
   for (int t = blockIdx.x * kTopkWarps + (threadIdx.x >> 5); t < N; t += gridDim.x * kTopkWarps) {
-    const int e = route_token(logits, t, E, k, renormalize, probs, lse, weights, experts, z_terms);
+    const int e = route_token<V>(logits, t, E, k, renormalize, probs, lse, weights, experts, z_terms);
     if (e >= 0) atomicAdd(&block_counts[e], 1);
   }
   __syncthreads();
@@ -204,9 +221,19 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
   auto* sums = static_cast<float*>(arena.alloc_bytes(size_t(E + 1) * sizeof(float)));
   const int topk_blocks = int(std::min<int64_t>(ceil_div(N, kTopkWarps), int64_t(sm_count()) * kTopkBlocksPerSm));
   auto* count_partials = static_cast<int32_t*>(arena.alloc_bytes(size_t(topk_blocks) * size_t(E) * sizeof(int32_t)));
-  router_topk_kernel<<<topk_blocks, kTopkWarps * 32, 0, stream()>>>(
-      logits.data_as<float>(), N, E, k, o.renormalize, probs.data_as<float>(), lse.data_as<float>(),
-      weights.data_as<float>(), experts.data_as<int32_t>(), z_terms, count_partials);
+  auto topk = [&](auto per_lane) {
+    router_topk_kernel<decltype(per_lane)::value><<<topk_blocks, kTopkWarps * 32, 0, stream()>>>(
+        logits.data_as<float>(), N, E, k, o.renormalize, probs.data_as<float>(), lse.data_as<float>(),
+        weights.data_as<float>(), experts.data_as<int32_t>(), z_terms, count_partials);
+  };
+  static_assert(ops::kMoeMaxExperts <= 32 * 32, "at most 32 router values per lane");
+  using std::integral_constant;
+  if (E <= 32) topk(integral_constant<int, 1>{});
+  else if (E <= 64) topk(integral_constant<int, 2>{});
+  else if (E <= 128) topk(integral_constant<int, 4>{});
+  else if (E <= 256) topk(integral_constant<int, 8>{});
+  else if (E <= 512) topk(integral_constant<int, 16>{});
+  else topk(integral_constant<int, 32>{});
   UM_CUDA_LAUNCHED();
   router_partials_kernel<<<chunks, kSumThreads, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, partials);
   UM_CUDA_LAUNCHED();

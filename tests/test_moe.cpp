@@ -404,7 +404,9 @@ TEST_CASE("moe router CUDA matches CPU, deterministic", "[gpu][moe]") {
     int64_t N, E, k;
     bool renorm;
   };
-  for (Case c : {Case{1001, 8, 2, false}, Case{777, 64, 8, true}, Case{33, 5, 5, false}, Case{4097, 64, 8, false}}) {
+  // E from 5 to 1024 covers every register width of the top-k kernel (1 to 32 values per lane).
+  for (Case c : {Case{1001, 8, 2, false}, Case{777, 64, 8, true}, Case{33, 5, 5, false}, Case{4097, 64, 8, false},
+                 Case{300, 100, 16, true}, Case{200, 257, 4, false}, Case{65, 1024, 8, false}}) {
     INFO("N " << c.N << " E " << c.E << " k " << c.k << " renorm " << c.renorm);
     ops::MoeRouterOptions o{c.k, c.renorm, 0.01, 0.001};
     Tensor logits = separated_logits(c.N, c.E, DType::f32, 60, 0.2);
