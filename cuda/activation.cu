@@ -34,16 +34,19 @@ __global__ void gelu_backward_kernel(const T* __restrict__ x, const T* __restric
   }
 }
 
-// x [rows, 2h] = [gate | up], y [rows, h]; pack i covers columns [k, k + V) of row r, hv = h / V.
+// x [rows, 2h] = [gate | up], y [rows, h]; pack i covers columns [k, k + V) of row r, hv = h / V. A
+// non-null scale multiplies row r's outputs by scale[r].
 template <typename T, int V>
-__global__ void swiglu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t h) {
+__global__ void swiglu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ scale,
+                                      int64_t rows, int64_t h) {
   const int64_t hv = h / V, n = rows * hv;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / hv, k = (i - r * hv) * V;
     const T* xr = x + r * 2 * h;
+    const float sr = scale ? scale[r] : 1.f;
     Pack<T, V> pg = load_pack<V>(xr + k), pu = load_pack<V>(xr + h + k), o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(silu_mul_value(to_f32(pg.v[j]), to_f32(pu.v[j])));
+    for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(sr * silu_mul_value(to_f32(pg.v[j]), to_f32(pu.v[j])));
     store_pack<V>(y + r * h + k, o);
   }
 }
@@ -165,17 +168,18 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool acc
   UM_CUDA_LAUNCHED();
 }
 
-void swiglu_forward(const Tensor& x, const Tensor& y) {
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale) {
   const int64_t h = x.dim(-1) / 2, rows = x.numel() / (2 * h);
   if (rows == 0) return;
+  const float* scale = row_scale.defined() ? row_scale.data_as<float>() : nullptr;
   UM_DISPATCH_ACT(x.dtype(), T, {
     constexpr int kV = 16 / int(sizeof(T));
     if (can_vectorize<T>(h, {x.data(), y.data()}))
       swiglu_forward_kernel<T, kV><<<grid_for(rows * h / kV), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(),
-                                                                                        rows, h);
+                                                                                        scale, rows, h);
     else
-      swiglu_forward_kernel<T, 1><<<grid_for(rows * h), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(), rows,
-                                                                                 h);
+      swiglu_forward_kernel<T, 1><<<grid_for(rows * h), kThreads, 0, stream()>>>(x.data_as<T>(), y.data_as<T>(), scale,
+                                                                                 rows, h);
   });
   UM_CUDA_LAUNCHED();
 }

@@ -27,5 +27,11 @@ __device__ __forceinline__ void silu_mul_grads(float g, float u, float d, float&
   const float s = sigmoid(g);
   dgate = d * u * s * (1.f + g * (1.f - s)), dup = d * g * s;
 }
+// Both at once (one sigmoid): the value silu(g) u and the gradients for upstream d.
+__device__ __forceinline__ void silu_mul_value_grads(float g, float u, float d, float& value, float& dgate,
+                                                     float& dup) {
+  const float s = sigmoid(g);
+  value = g * s * u, dgate = d * u * s * (1.f + g * (1.f - s)), dup = d * g * s;
+}
 
 }  // namespace um::cuda

@@ -77,6 +77,10 @@ struct Args {
   int64_t ldc, c_group_stride;  // weights: elements between consecutive groups' C
   int M, N, K;                  // rows: N, K (M from the groups); weights: M, N (K is the group's size)
   int accumulate;
+  // kRowsDSwiGLU: the rows' scales s (f32 [rows]) and the partial sums of ds, [n-tiles][rows_total].
+  const float* row_scale;
+  float* ds_partial;
+  int64_t rows_total;
 };
 
 // The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), and the dx
@@ -253,10 +257,16 @@ template <class T>
 __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAcc], int cw, uint32_t base,
                                                        uint32_t staging, uint32_t full0, uint32_t empty0, int& it,
                                                        const CUtensorMap& map_dg, const CUtensorMap& map_du,
-                                                       bf16* dh, int N, int n0, int width, int slab0, int m_end) {
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+                                                       const Args& args, int n0, int width, int slab0, int m_end) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, N = args.N;
   const bool issuer = (threadIdx.x & 127) == 0, active = slab0 < m_end, staged = slab0 + 64 <= m_end;
   const uint32_t dg_buf = staging + uint32_t(cw * 2 * kChunkBytes), du_buf = dg_buf + uint32_t(kChunkBytes);
+  bf16* dh = static_cast<bf16*>(args.c);
+  // This thread's two rows: their scales, and their ds partial sums over the tile's columns.
+  const int row0 = slab0 + warp * 16 + (lane >> 2);
+  float scale[2], ds[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 2; ++i) scale[i] = active && row0 + 8 * i < m_end ? args.row_scale[row0 + 8 * i] : 0.f;
 #pragma unroll
   for (int q = 0; q < T::kBN / 64; ++q) {
     if (q * 64 >= width) break;  // uniform: the tile's chunks
@@ -284,9 +294,12 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
       const int j = q * 8 + (p >> 1), i = p & 1;
       const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&g2[p]);
       const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&u2[p]);
-      float dg0, du0, dg1, du1;
-      silu_mul_grads(__bfloat162float(g.x), __bfloat162float(u.x), acc[j * 4 + i * 2], dg0, du0);
-      silu_mul_grads(__bfloat162float(g.y), __bfloat162float(u.y), acc[j * 4 + i * 2 + 1], dg1, du1);
+      // a = s silu(g) u: d(gate, up) = s x SwiGLU's gradients of dact, ds += dact silu(g) u.
+      const float d0 = acc[j * 4 + i * 2], d1 = acc[j * 4 + i * 2 + 1];
+      float v0, dg0, du0, v1, dg1, du1;
+      silu_mul_value_grads(__bfloat162float(g.x), __bfloat162float(u.x), scale[i] * d0, v0, dg0, du0);
+      silu_mul_value_grads(__bfloat162float(g.y), __bfloat162float(u.y), scale[i] * d1, v1, dg1, du1);
+      if (n0 + q * 64 + (p >> 1) * 8 + (lane & 3) * 2 < N) ds[i] += d0 * v0 + d1 * v1;  // columns past N hold noise
       const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
       g2[p] = *reinterpret_cast<const uint32_t*>(&pg), u2[p] = *reinterpret_cast<const uint32_t*>(&pu);
     }
@@ -319,6 +332,15 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
         bulk_commit();
       }
     }
+  }
+  if (!active) return;
+  // The quad's four lanes hold one row's columns: sum them (a fixed order), one write per row and n-tile.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    ds[i] += __shfl_xor_sync(0xffffffffu, ds[i], 1);
+    ds[i] += __shfl_xor_sync(0xffffffffu, ds[i], 2);
+    if ((lane & 3) == 0 && row0 + 8 * i < m_end)
+      args.ds_partial[int64_t(n0 / T::kBN) * args.rows_total + row0 + 8 * i] = ds[i];
   }
 }
 
@@ -498,8 +520,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (active)
         store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
     } else if constexpr (kMode == kRowsDSwiGLU) {
-      swiglu_backward_chunks<T>(acc, cw, base, staging, full0, empty0, it, map_c, map_du, static_cast<bf16*>(args.c),
-                                args.N, c.n0, c.width, slab0, c.m_end);
+      swiglu_backward_chunks<T>(acc, cw, base, staging, full0, empty0, it, map_c, map_du, args, c.n0, c.width, slab0,
+                                c.m_end);
     } else {
       if (slab0 + 64 <= c.m_end && !args.accumulate)
         store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
@@ -662,18 +684,21 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   thread_local Groups g;  // 12 KiB: built on the host per call, copied into the launch's parameters
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0};
+  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0, nullptr, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
 }
 
-void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, bf16* dh, int64_t N, int64_t K,
+int swiglu_backward_n_tiles(int64_t N) { return int(ceil_div(N, wide_tile() ? Wide::kBN : Narrow::kBN)); }
+
+void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, const float* row_scale,
+                                       bf16* dh, float* ds_partial, int64_t rows, int64_t N, int64_t K,
                                        const ops::RowGroups& groups) {
   thread_local Groups g;
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0};
+  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0, row_scale, ds_partial, rows};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows_swiglu_backward<Wide>(g, args, dy, w, h, dh, R);
   else rows_swiglu_backward<Narrow>(g, args, dy, w, h, dh, R);
@@ -683,7 +708,7 @@ void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int
                           bool accumulate) {
   thread_local Groups g;
   fill_groups(g, groups);
-  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0};
+  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) weights<Wide>(g, args, a, b, R);
   else weights<Narrow>(g, args, a, b, R);

@@ -33,10 +33,15 @@ bool available();
 void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, int64_t N, int64_t K,
                        const ops::RowGroups& groups, bool accumulate);
 
-// rows with SwiGLU's backward in the epilogue: dact = dy (bf16 [rows, K]) . W_g (W [G][K][N], as the
-// MN-major rows product) never reaches memory; each element goes with h = [gate | up] (bf16 [rows, 2 N])
-// into dh = [dgate | dup] (bf16 [rows, 2 N], not accumulated). Rows outside every group are not written.
-void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, bf16* dh, int64_t N, int64_t K,
+// rows with SwiGLU's backward in the epilogue, for a = s[r] swiglu(h[r]): dact = dy (bf16 [rows, K]) .
+// W_g (W [G][K][N], as the MN-major rows product) never reaches memory; each element goes with
+// h = [gate | up] (bf16 [rows, 2 N]) and s (f32 [rows]) into dh = [dgate | dup] (bf16 [rows, 2 N], not
+// accumulated) and into ds_partial[n_tile][r] (f32 [swiglu_backward_n_tiles(N)][rows]): the sum over the
+// tile's columns of dact silu(gate) up, ds's share from n-tile n_tile. Rows outside every group are not
+// written (dh nor ds_partial).
+int swiglu_backward_n_tiles(int64_t N);
+void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, const float* row_scale,
+                                       bf16* dh, float* ds_partial, int64_t rows, int64_t N, int64_t K,
                                        const ops::RowGroups& groups);
 
 // weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16

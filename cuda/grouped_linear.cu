@@ -23,7 +23,6 @@
 #include "common.cuh"
 #include "grouped_gemm_sm90.cuh"
 #include "ultramem/core/arena.h"
-#include "ultramem/ops/activation.h"
 #include "ultramem/ops/grouped_linear.h"
 
 namespace um::cuda {
@@ -244,24 +243,44 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   }
 }
 
-// On the sm90 path (and dh not accumulated) one kernel computes dh from dy, W and h: SwiGLU's backward is
-// the dx product's epilogue, so dact never reaches memory (on the 64-expert layer that skips a 107 MB write
-// and read and a separate kernel). Elsewhere dact is materialised and SwiGLU's backward kernel follows.
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const ops::RowGroups& groups, const GradSlot& dh, const GradSlot& dW) {
+namespace {
+
+// ds[r] = (accumulate ? ds[r] : 0) + the n-tiles' partial sums in tile order: a fixed order.
+__global__ void sum_partials_kernel(const float* __restrict__ partial, int tiles, int64_t rows, float* __restrict__ ds,
+                                    bool accumulate) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+    float v = accumulate ? ds[r] : 0.f;
+    for (int t = 0; t < tiles; ++t) v += partial[int64_t(t) * rows + r];
+    ds[r] = v;
+  }
+}
+
+}  // namespace
+
+// On the sm90 path (dh not accumulated) one kernel computes dh and ds's per-tile partial sums from dy, W,
+// h and s: SwiGLU's backward is the dx product's epilogue, so dact never reaches memory (on the 64-expert
+// layer that skips a 107 MB write and read and a separate kernel).
+bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
+                                          const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
+                                          const GradSlot& ds, const GradSlot& dW) {
   const int64_t rows = a.dim(0), in = W.dim(2), out = W.dim(1);
   auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; };
-  if (dh && !dh.accumulate && use_sm90(a, W, groups) && aligned(dy) && aligned(h) && aligned(dh.grad)) {
-    if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(dh.grad.data(), 0, dh.grad.nbytes(), stream()));
-    sm90::grouped_gemm_rows_swiglu_backward(dy.data_as<bf16>(), W.data_as<bf16>(), h.data_as<bf16>(),
-                                            dh.grad.data_as<bf16>(), in, out, groups);
-    if (dW) cuda::grouped_linear_backward(a, W, dy, groups, GradSlot{}, dW);
-    return;
+  if (!dh || dh.accumulate || !use_sm90(a, W, groups) || !aligned(dy) || !aligned(h) || !aligned(dh.grad))
+    return false;
+  if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(dh.grad.data(), 0, dh.grad.nbytes(), stream()));
+  const int tiles = sm90::swiglu_backward_n_tiles(in);
+  auto* partial = static_cast<float*>(arena_for(a.device()).alloc_bytes(size_t(tiles * rows) * sizeof(float)));
+  // Rows outside every group get no partial sums: zeros, so their ds is 0.
+  UM_CUDA(cudaMemsetAsync(partial, 0, size_t(tiles * rows) * sizeof(float), stream()));
+  sm90::grouped_gemm_rows_swiglu_backward(dy.data_as<bf16>(), W.data_as<bf16>(), h.data_as<bf16>(), s.data_as<float>(),
+                                          dh.grad.data_as<bf16>(), partial, rows, in, out, groups);
+  if (ds && rows > 0) {
+    sum_partials_kernel<<<unsigned(std::min<int64_t>(ceil_div(rows, 256), int64_t(sm_count()) * 8)), 256, 0,
+                          stream()>>>(partial, tiles, rows, ds.grad.data_as<float>(), ds.accumulate);
+    UM_CUDA_LAUNCHED();
   }
-  GradSlot da;
-  if (dh) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
-  cuda::grouped_linear_backward(a, W, dy, groups, da, dW);
-  if (dh) cuda::swiglu_backward(h, da.grad, dh.grad, dh.accumulate);
+  if (dW) cuda::grouped_linear_backward(a, W, dy, groups, GradSlot{}, dW);
+  return true;
 }
 
 }  // namespace um::cuda

@@ -6,10 +6,9 @@
 // thread per expert; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
 // the error flag) are copied into pinned host memory and an event recorded; moe_plan_build_finish waits for
 // that event (the one synchronisation of the layer, overlapped with whatever was queued after the copy).
-// Permute / combine: one warp per row or token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and
-// the pointers allow, else scalars), fp32 sums in a fixed slot order; the combine backward writes each
-// permuted row's gradient exactly once (by its token) and takes dweights as warp dot products.
-// No float atomics: bitwise reproducible.
+// Permute and its backward (which are also the combine's backward and forward): one warp per row or
+// token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32
+// sums in a fixed slot order. No float atomics: bitwise reproducible.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "common.cuh"
@@ -108,75 +107,21 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kWarps * 32)
-    combine_forward_kernel(const T* __restrict__ ys, const float* __restrict__ weights,
-                           const int32_t* __restrict__ row_of, int tokens, int k, int d, T* __restrict__ y) {
-  const int lane = threadIdx.x & 31, packs = d / V;
-  for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
-    for (int p = lane; p < packs; p += 32) {
-      float acc[V];
-#pragma unroll
-      for (int v = 0; v < V; ++v) acc[v] = 0.f;
-      for (int j = 0; j < k; ++j) {
-        const int r = row_of[int64_t(t) * k + j];
-        if (r < 0) continue;
-        const float w = weights[int64_t(t) * k + j];
-        const Pack<T, V> g = load_pack<V>(ys + int64_t(r) * d + p * V);
-#pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] += w * to_f32(g.v[v]);
-      }
-      Pack<T, V> out;
-#pragma unroll
-      for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(acc[v]);
-      store_pack<V>(y + int64_t(t) * d + p * V, out);
-    }
+// The routing weights in row order: w[r] = weights[sorted[r]] (0 for a dropped row); backward the inverse
+// gather dweights[a] = dw[row_of[a]] (0 for a dropped assignment). One thread per element.
+__global__ void row_weights_forward_kernel(const float* __restrict__ weights, const int32_t* __restrict__ sorted,
+                                           const int32_t* __restrict__ row_of, int rows, float* __restrict__ w) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
+    const int a = sorted[r];
+    w[r] = row_of[a] < 0 ? 0.f : weights[a];
   }
 }
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kWarps * 32)
-    combine_backward_kernel(const T* __restrict__ ys, const float* __restrict__ weights,
-                            const int32_t* __restrict__ row_of, const T* __restrict__ dy, int tokens, int k, int d,
-                            T* __restrict__ dys, bool dys_accumulate, float* __restrict__ dweights,
-                            bool dweights_accumulate) {
-  const int lane = threadIdx.x & 31, packs = d / V;
-  for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
-    const T* g = dy + int64_t(t) * d;
-    for (int j = 0; j < k; ++j) {
-      const int64_t a = int64_t(t) * k + j;
-      const int r = row_of[a];
-      const float w = weights[a];
-      float dot = 0.f;
-      if (r >= 0) {
-        const T* yr = ys + int64_t(r) * d;
-        T* dr = dys ? dys + int64_t(r) * d : nullptr;
-        for (int p = lane; p < packs; p += 32) {
-          const Pack<T, V> gp = load_pack<V>(g + p * V);
-          if (dweights) {
-            const Pack<T, V> yp = load_pack<V>(yr + p * V);
-#pragma unroll
-            for (int v = 0; v < V; ++v) dot += to_f32(gp.v[v]) * to_f32(yp.v[v]);
-          }
-          if (dr) {
-            Pack<T, V> out;
-            if (dys_accumulate) {
-              const Pack<T, V> o = load_pack<V>(dr + p * V);
-#pragma unroll
-              for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(to_f32(o.v[v]) + w * to_f32(gp.v[v]));
-            } else {
-#pragma unroll
-              for (int v = 0; v < V; ++v) out.v[v] = from_f32<T>(w * to_f32(gp.v[v]));
-            }
-            store_pack<V>(dr + p * V, out);
-          }
-        }
-      }
-      if (dweights) {
-        dot = warp_sum(dot);  // r is warp-uniform: every lane reaches this
-        if (lane == 0) dweights[a] = dweights_accumulate ? dweights[a] + dot : dot;
-      }
-    }
+__global__ void row_weights_backward_kernel(const float* __restrict__ dw, const int32_t* __restrict__ row_of, int rows,
+                                            float* __restrict__ dweights, bool accumulate) {
+  for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < rows; a += gridDim.x * blockDim.x) {
+    const float v = row_of[a] < 0 ? 0.f : dw[row_of[a]];
+    dweights[a] = accumulate ? dweights[a] + v : v;
   }
 }
 
@@ -323,39 +268,23 @@ void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const Gra
   UM_CUDA_LAUNCHED();
 }
 
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y) {
-  const int tokens = int(plan.tokens), k = int(plan.top_k), d = int(ys.dim(1));
-  if (tokens == 0) return;
-  UM_DISPATCH_ACT(ys.dtype(), T, {
-    constexpr int kV = 16 / int(sizeof(T));
-    if (vectorizable<T>(d, {ys.data(), y.data()}))
-      combine_forward_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), tokens, k, d, y.data_as<T>());
-    else
-      combine_forward_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), tokens, k, d, y.data_as<T>());
-  });
+// f32 only: the router's dtype on the GPU (other dtypes are refused by name).
+void moe_row_weights_forward(const Tensor& weights, const ops::MoePlan& plan, const Tensor& w) {
+  check_dtype(weights, DType::f32, "moe_row_weights: weights (f32 on the GPU)");
+  const int rows = int(plan.rows());
+  if (rows == 0) return;
+  row_weights_forward_kernel<<<std::min<unsigned>(ceil_div(rows, 256), unsigned(sm_count()) * 8u), 256, 0, stream()>>>(
+      weights.data_as<float>(), plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>(), rows,
+      w.data_as<float>());
   UM_CUDA_LAUNCHED();
 }
 
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights) {
-  const int tokens = int(plan.tokens), k = int(plan.top_k), d = int(ys.dim(1));
-  if (dys && !dys.accumulate && plan.dropped() > 0) UM_CUDA(cudaMemsetAsync(dys.grad.data(), 0, dys.grad.nbytes(), stream()));
-  if (tokens == 0) return;
-  float* dw = dweights ? dweights.grad.data_as<float>() : nullptr;
-  UM_DISPATCH_ACT(ys.dtype(), T, {
-    constexpr int kV = 16 / int(sizeof(T));
-    T* pdys = dys ? dys.grad.data_as<T>() : nullptr;
-    if (vectorizable<T>(d, {ys.data(), dy.data(), pdys}))
-      combine_backward_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), dy.data_as<T>(), tokens, k, d,
-          pdys, dys.accumulate, dw, dweights.accumulate);
-    else
-      combine_backward_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          ys.data_as<T>(), weights.data_as<float>(), plan.row_of.data_as<int32_t>(), dy.data_as<T>(), tokens, k, d,
-          pdys, dys.accumulate, dw, dweights.accumulate);
-  });
+void moe_row_weights_backward(const Tensor& dw, const ops::MoePlan& plan, const GradSlot& dweights) {
+  check_dtype(dw, DType::f32, "moe_row_weights backward: dw (f32 on the GPU)");
+  const int rows = int(plan.rows());
+  if (rows == 0) return;
+  row_weights_backward_kernel<<<std::min<unsigned>(ceil_div(rows, 256), unsigned(sm_count()) * 8u), 256, 0, stream()>>>(
+      dw.data_as<float>(), plan.row_of.data_as<int32_t>(), rows, dweights.grad.data_as<float>(), dweights.accumulate);
   UM_CUDA_LAUNCHED();
 }
 

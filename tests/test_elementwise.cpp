@@ -74,3 +74,45 @@ TEST_CASE("elementwise CUDA matches CPU", "[gpu][elementwise]") {
     }
   }
 }
+
+TEST_CASE("scale_rows: values and float64 gradient", "[ops][elementwise]") {
+  Tensor x = randn({4, 7}, DType::f64, Device::cpu(), 3), s = randn({4}, DType::f64, Device::cpu(), 4);
+  auto vx = x.to_doubles(), vs = s.to_doubles(), vy = ops::scale_rows(x, s).to_doubles();
+  for (size_t i = 0; i < vy.size(); ++i) CHECK(vy[i] == vs[i / 7] * vx[i]);
+  x.set_requires_grad(true);
+  s.set_requires_grad(true);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::scale_rows(in[0], in[1]); }, {x, s}) <
+        kTolGradcheck);
+  CHECK_THROWS_WITH(ops::scale_rows(x, randn({5}, DType::f64, Device::cpu(), 5)), Catch::Contains("scale_rows: s"));
+  arena_for(Device::cpu()).reset();
+}
+
+TEST_CASE("scale_rows CUDA matches CPU, accumulate, deterministic", "[gpu][elementwise]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  for (int64_t cols : {1, 33, 408}) {
+    const int64_t rows = 1031;
+    const Tensor x = rounded(randn({rows, cols}, DType::f32, Device::cpu(), 30), DType::bf16);
+    const Tensor dy = rounded(randn({rows, cols}, DType::f32, Device::cpu(), 31), DType::bf16);
+    const Tensor s = randn({rows}, DType::f32, Device::cpu(), 32), dx0 = rounded(randn({rows, cols}, DType::f32, Device::cpu(), 33), DType::bf16);
+    const Tensor ds0 = randn({rows}, DType::f32, Device::cpu(), 34);
+    for (DType dt : {DType::f32, DType::bf16})
+      for (bool acc : {false, true}) {
+        INFO("cols " << cols << " " << dtype_name(dt) << " accumulate " << acc);
+        auto run = [&](Device dev) {
+          const DType t = dev.is_cuda() ? dt : DType::f32;
+          Tensor gx = convert(x, t, dev), gdy = convert(dy, t, dev), gs = s.to(dev), y = nan_filled(x.shape(), t, dev);
+          ops::scale_rows_forward(gx, gs, y);
+          Tensor dx = acc ? convert(dx0, t, dev) : nan_filled(x.shape(), t, dev);
+          Tensor ds = acc ? ds0.to(dev) : nan_filled(s.shape(), DType::f32, dev);
+          ops::scale_rows_backward(gx, gs, gdy, GradSlot{dx, acc}, GradSlot{ds, acc});
+          return std::vector<std::vector<double>>{y.to_doubles(), dx.to_doubles(), ds.to_doubles()};
+        };
+        const auto ref = run(Device::cpu()), gpu = run(Device::cuda()), again = run(Device::cuda());
+        const double tol = dt == DType::f32 ? kTolF32 : kTolBF16;
+        for (size_t i = 0; i < 3; ++i) CHECK(rel_error(gpu[i], ref[i]) < tol);
+        for (size_t i = 0; i < 3; ++i) CHECK(gpu[i] == again[i]);
+        arena_for(Device::cpu()).reset();
+      }
+  }
+}

@@ -199,7 +199,7 @@ TEST_CASE("moe plan: stable expert-contiguous order, empty experts, capacity", "
   arena_for(Device::cpu()).reset();
 }
 
-TEST_CASE("moe dispatch: permute and combine values and float64 gradcheck", "[moe][ops]") {
+TEST_CASE("moe dispatch: permute, row weights and combine values and float64 gradcheck", "[moe][ops]") {
   const std::vector<int64_t> ids = {3, 0, 0, 2, 3, 2, 0, 3, 2, 0};
   for (int64_t capacity : {0, 2}) {
     ops::MoePlan p = ops::moe_plan(experts_tensor(ids, 5, 2), 5, capacity);
@@ -212,14 +212,16 @@ TEST_CASE("moe dispatch: permute and combine values and float64 gradcheck", "[mo
         CHECK(vxs[size_t(r * 3 + c)] ==
               (row_of[size_t(sorted[size_t(r)])] < 0 ? 0.0 : vx[size_t(sorted[size_t(r)] / 2 * 3 + c)]));
     Tensor ys = randn({10, 3}, DType::f64, Device::cpu(), 21), w = randn({5, 2}, DType::f64, Device::cpu(), 22);
-    std::vector<double> vys = ys.to_doubles(), vw = w.to_doubles(), expect(15, 0.0);
+    std::vector<double> vys = ys.to_doubles(), vw = w.to_doubles(), expect(15, 0.0), expect_w(10, 0.0);
     for (int64_t t = 0; t < 5; ++t)
       for (int64_t j = 0; j < 2; ++j) {
         const int64_t r = row_of[size_t(t * 2 + j)];
         if (r < 0) continue;
-        for (int64_t c = 0; c < 3; ++c) expect[size_t(t * 3 + c)] += vw[size_t(t * 2 + j)] * vys[size_t(r * 3 + c)];
+        expect_w[size_t(r)] = vw[size_t(t * 2 + j)];
+        for (int64_t c = 0; c < 3; ++c) expect[size_t(t * 3 + c)] += vys[size_t(r * 3 + c)];
       }
-    CHECK(rel_error(ops::moe_combine(ys, w, p).to_doubles(), expect) < 1e-14);
+    CHECK(rel_error(ops::moe_combine(ys, p).to_doubles(), expect) < 1e-14);
+    CHECK(ops::moe_row_weights(w, p).to_doubles() == expect_w);  // dropped rows 0
     INFO("capacity " << capacity);
     x.set_requires_grad(true);
     // The plan lives in the arena, which gradcheck resets: each evaluation builds its own.
@@ -227,9 +229,11 @@ TEST_CASE("moe dispatch: permute and combine values and float64 gradcheck", "[mo
     CHECK(gradcheck([plan](const std::vector<Tensor>& in) { return ops::moe_permute(in[0], plan()); }, {x}) <
           kTolGradcheck);
     ys.set_requires_grad(true);
+    CHECK(gradcheck([plan](const std::vector<Tensor>& in) { return ops::moe_combine(in[0], plan()); }, {ys}) <
+          kTolGradcheck);
     w.set_requires_grad(true);
-    CHECK(gradcheck([plan](const std::vector<Tensor>& in) { return ops::moe_combine(in[0], in[1], plan()); },
-                    {ys, w}) < kTolGradcheck);
+    CHECK(gradcheck([plan](const std::vector<Tensor>& in) { return ops::moe_row_weights(in[0], plan()); }, {w}) <
+          kTolGradcheck);
   }
 }
 
@@ -516,7 +520,7 @@ TEST_CASE("moe dispatch and grouped linear CUDA match CPU: odd sizes, empty expe
               ops::MoePlan p = ops::moe_plan(experts_tensor(ids, N, k, dev), E, capacity);
               Tensor xs = ops::moe_permute(gx, p);
               Tensor ys = ops::grouped_linear(xs, gW, p.groups);
-              Tensor y = ops::moe_combine(ys, gw, p);
+              Tensor y = ops::moe_combine(ops::scale_rows(ys, ops::moe_row_weights(gw, p)), p);
               Tensor loss = Tensor::zeros(Shape{1}, DType::f32, dev);
               loss.set_requires_grad(true);
               Tensor gdy = convert(dy, t, dev);
@@ -556,8 +560,8 @@ TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, 
   const ops::MoePlan whole = ops::moe_plan(experts_tensor(ids, N, k, dev), E, 90);
   ops::MoePlan p = ops::moe_plan_start(experts_tensor(ids, N, k, dev), E, 90);
   CHECK(p.host_ticket != 0);
-  const Tensor ys = Tensor::zeros({N * k, 8}, DType::f32, dev), w = Tensor::zeros({N, k}, DType::f32, dev);
-  CHECK_THROWS_WITH(ops::moe_combine(ys, w, p), Catch::Contains("moe_plan_finish"));
+  const Tensor ys = Tensor::zeros({N * k, 8}, DType::f32, dev);
+  CHECK_THROWS_WITH(p.dropped(), Catch::Contains("moe_plan_finish"));  // the group sizes are still in flight
   Tensor xs = ops::moe_permute(Tensor::zeros({N, 8}, DType::f32, dev), p);  // the device arrays are usable
   ops::moe_plan_finish(p);
   CHECK(p.host_ticket == 0);
@@ -566,7 +570,7 @@ TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, 
   CHECK(p.groups.size == whole.groups.size);
   CHECK(p.row_of.to_ints() == whole.row_of.to_ints());
   CHECK(p.sorted_assignment.to_ints() == whole.sorted_assignment.to_ints());
-  CHECK(ops::moe_combine(ys, w, p).shape() == Shape{N, 8});
+  CHECK(ops::moe_combine(ys, p).shape() == Shape{N, 8});
   // A bad id is found on the device and named at finish.
   std::vector<int64_t> bad = ids;
   bad[7] = E + 3;

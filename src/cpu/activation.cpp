@@ -24,12 +24,12 @@ static void gelu_backward_kernel(const T* x, const T* dy, T* dx, bool accumulate
 }
 
 template <typename T>
-static void swiglu_forward_kernel(const T* x, T* y, int64_t rows, int64_t h) {
+static void swiglu_forward_kernel(const T* x, T* y, const T* scale, int64_t rows, int64_t h) {
 #pragma omp parallel for if (rows * h > (1 << 16))
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < h; ++k) {
       double g = double(x[r * 2 * h + k]), u = double(x[r * 2 * h + h + k]);
-      y[r * h + k] = T(g * sigmoid(g) * u);
+      y[r * h + k] = scale ? T(double(scale[r]) * (g * sigmoid(g) * u)) : T(g * sigmoid(g) * u);
     }
 }
 
@@ -86,9 +86,11 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool acc
                   gelu_backward_kernel<T>(x.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), accumulate, x.numel()));
 }
 
-void swiglu_forward(const Tensor& x, const Tensor& y) {
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale) {
   int64_t h = x.dim(-1) / 2, rows = x.numel() / (2 * h);
-  UM_DISPATCH_CPU(x.dtype(), T, swiglu_forward_kernel<T>(x.data_as<T>(), y.data_as<T>(), rows, h));
+  UM_DISPATCH_CPU(x.dtype(), T,
+                  swiglu_forward_kernel<T>(x.data_as<T>(), y.data_as<T>(),
+                                           row_scale.defined() ? row_scale.data_as<T>() : nullptr, rows, h));
 }
 
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {

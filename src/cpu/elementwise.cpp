@@ -16,6 +16,43 @@ void add_forward(const Tensor& a, const Tensor& b, const Tensor& y) {
 }
 
 // Reads element i of any float tensor as double.
+template <typename T>
+static void scale_rows_kernel(const T* x, const T* s, T* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = s[r] * x[r * cols + c];
+}
+
+void scale_rows_forward(const Tensor& x, const Tensor& s, const Tensor& y) {
+  UM_DISPATCH_CPU(x.dtype(), T,
+                  scale_rows_kernel<T>(x.data_as<T>(), s.data_as<T>(), y.data_as<T>(), x.dim(0), x.dim(1)));
+}
+
+template <typename T>
+static void scale_rows_backward_kernel(const T* x, const T* s, const T* dy, const GradSlot& dx, const GradSlot& ds,
+                                       int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    double dot = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * cols + c;
+      dot += double(dy[i]) * double(x[i]);
+      if (dx) {
+        T& o = dx.grad.data_as<T>()[i];
+        o = dx.accumulate ? o + s[r] * dy[i] : s[r] * dy[i];
+      }
+    }
+    if (ds) {
+      T& o = ds.grad.data_as<T>()[r];
+      o = ds.accumulate ? T(double(o) + dot) : T(dot);
+    }
+  }
+}
+
+void scale_rows_backward(const Tensor& x, const Tensor& s, const Tensor& dy, const GradSlot& dx, const GradSlot& ds) {
+  UM_DISPATCH_CPU(x.dtype(), T,
+                  scale_rows_backward_kernel<T>(x.data_as<T>(), s.data_as<T>(), dy.data_as<T>(), dx, ds, x.dim(0),
+                                                x.dim(1)));
+}
+
 static double load(const Tensor& t, int64_t i) {
   switch (t.dtype()) {
     case DType::f32: return t.data_as<float>()[i];

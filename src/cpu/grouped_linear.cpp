@@ -3,8 +3,6 @@
 #include <cstring>
 
 #include "src/cpu/dispatch.h"
-#include "ultramem/core/arena.h"
-#include "ultramem/ops/activation.h"
 #include "ultramem/ops/grouped_linear.h"
 #include "ultramem/ops/linear.h"
 
@@ -55,15 +53,6 @@ void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGrou
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW) {
   UM_DISPATCH_CPU(x.dtype(), T, backward_impl<T>(x, W, dy, groups, dx, dW));
-}
-
-// The reference is the composition: dact = dy . W_g (0 outside the groups), then SwiGLU's backward.
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const ops::RowGroups& groups, const GradSlot& dh, const GradSlot& dW) {
-  GradSlot da;
-  if (dh) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
-  cpu::grouped_linear_backward(a, W, dy, groups, da, dW);
-  if (dh) cpu::swiglu_backward(h, da.grad, dh.grad, dh.accumulate);
 }
 
 }  // namespace um::cpu

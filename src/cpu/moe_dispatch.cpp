@@ -1,4 +1,5 @@
-// CPU reference of MoE dispatch: a stable counting sort by expert, row gathers and the weighted combine.
+// CPU reference of MoE dispatch: a stable counting sort by expert, row gathers (the combine is the permute's
+// backward, ops/moe_dispatch.cpp) and the routing weights in row order.
 #include <algorithm>
 #include <cstring>
 
@@ -72,50 +73,22 @@ void permute_backward_impl(const Tensor& dxs, const ops::MoePlan& plan, const Gr
 }
 
 template <typename T>
-void combine_forward_impl(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y) {
-  const int64_t d = ys.dim(1), k = plan.top_k;
+void row_weights_forward_impl(const Tensor& weights, const ops::MoePlan& plan, const Tensor& w) {
+  const int32_t* sorted = plan.sorted_assignment.data_as<int32_t>();
   const int32_t* row_of = plan.row_of.data_as<int32_t>();
-  const T* py = ys.data_as<T>();
-  const T* w = weights.data_as<T>();
-  T* out = y.data_as<T>();
-  for (int64_t t = 0; t < plan.tokens; ++t) {
-    T* o = out + t * d;
-    std::fill(o, o + d, T(0));
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t r = row_of[t * k + j];
-      if (r < 0) continue;
-      const T wj = w[t * k + j];
-      for (int64_t c = 0; c < d; ++c) o[c] += wj * py[int64_t(r) * d + c];
-    }
-  }
+  const T* in = weights.data_as<T>();
+  T* out = w.data_as<T>();
+  for (int64_t r = 0; r < plan.rows(); ++r) out[r] = row_of[sorted[r]] < 0 ? T(0) : in[sorted[r]];
 }
 
 template <typename T>
-void combine_backward_impl(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
-                           const GradSlot& dys, const GradSlot& dweights) {
-  const int64_t d = ys.dim(1), k = plan.top_k;
+void row_weights_backward_impl(const Tensor& dw, const ops::MoePlan& plan, const GradSlot& dweights) {
   const int32_t* row_of = plan.row_of.data_as<int32_t>();
-  const T* py = ys.data_as<T>();
-  const T* w = weights.data_as<T>();
-  const T* g = dy.data_as<T>();
-  if (dys && !dys.accumulate && plan.dropped() > 0) dys.grad.zero_();
-  for (int64_t t = 0; t < plan.tokens; ++t) {
-    const T* gt = g + t * d;
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t r = row_of[t * k + j];
-      if (dweights) {
-        T s = 0;
-        if (r >= 0)
-          for (int64_t c = 0; c < d; ++c) s += gt[c] * py[int64_t(r) * d + c];
-        T& dw = dweights.grad.data_as<T>()[t * k + j];
-        dw = dweights.accumulate ? dw + s : s;
-      }
-      if (dys && r >= 0) {
-        T* o = dys.grad.data_as<T>() + int64_t(r) * d;
-        const T wj = w[t * k + j];
-        for (int64_t c = 0; c < d; ++c) o[c] = (dys.accumulate ? o[c] : T(0)) + wj * gt[c];
-      }
-    }
+  const T* g = dw.data_as<T>();
+  T* out = dweights.grad.data_as<T>();
+  for (int64_t a = 0; a < plan.rows(); ++a) {
+    const T v = row_of[a] < 0 ? T(0) : g[row_of[a]];
+    out[a] = dweights.accumulate ? out[a] + v : v;
   }
 }
 
@@ -127,12 +100,11 @@ void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor
 void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx) {
   UM_DISPATCH_CPU(dxs.dtype(), T, permute_backward_impl<T>(dxs, plan, dx));
 }
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y) {
-  UM_DISPATCH_CPU(ys.dtype(), T, combine_forward_impl<T>(ys, weights, plan, y));
+void moe_row_weights_forward(const Tensor& weights, const ops::MoePlan& plan, const Tensor& w) {
+  UM_DISPATCH_CPU(weights.dtype(), T, row_weights_forward_impl<T>(weights, plan, w));
 }
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights) {
-  UM_DISPATCH_CPU(ys.dtype(), T, combine_backward_impl<T>(ys, weights, dy, plan, dys, dweights));
+void moe_row_weights_backward(const Tensor& dw, const ops::MoePlan& plan, const GradSlot& dweights) {
+  UM_DISPATCH_CPU(dw.dtype(), T, row_weights_backward_impl<T>(dw, plan, dweights));
 }
 
 }  // namespace um::cpu

@@ -1,6 +1,7 @@
 // Mixture-of-experts feed-forward (model.ffn = "moe"; docs/moe.md): a linear router (fp32 logits),
-// softmax top-k, expert-contiguous dispatch, grouped expert GEMMs (GELU or SwiGLU), the weighted
-// combine, an optional always-on shared expert, and the load-balance and z auxiliary losses.
+// softmax top-k, expert-contiguous dispatch, grouped expert GEMMs (GELU or SwiGLU, the routing weights
+// scaling each row's activation), the combine, an optional always-on shared expert, and the load-balance
+// and z auxiliary losses.
 #pragma once
 #include <memory>
 

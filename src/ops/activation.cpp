@@ -32,9 +32,15 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool acc
   UM_DISPATCH_DEVICE(x, gelu_backward, x, dy, dx, accumulate);
 }
 
-void swiglu_forward(const Tensor& x, const Tensor& y) {
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale) {
   check_like(y, x, swiglu_out_shape(x), "swiglu: y");
-  UM_DISPATCH_DEVICE(x, swiglu_forward, x, y);
+  if (row_scale.defined()) {
+    check_shape(row_scale, Shape{x.numel() / x.dim(-1)}, "swiglu: row_scale");
+    check_same_device(x, row_scale, "swiglu: row_scale");
+    check_dtype(row_scale, x.device().is_cuda() ? DType::f32 : x.dtype(),
+                "swiglu: row_scale (f32 on the GPU, x's dtype on the CPU)");
+  }
+  UM_DISPATCH_DEVICE(x, swiglu_forward, x, y, row_scale);
 }
 
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate) {

@@ -11,6 +11,39 @@ void add_forward(const Tensor& a, const Tensor& b, const Tensor& y) {
   UM_DISPATCH_DEVICE(a, add_forward, a, b, y);
 }
 
+static void check_scale(const Tensor& x, const Tensor& s, const char* op) {
+  UM_CHECK(x.defined() && x.ndim() == 2, detail::concat(op, ": x of shape [rows, cols]"),
+           x.defined() ? x.desc() : "undefined");
+  check_shape(s, Shape{x.dim(0)}, detail::concat(op, ": s").c_str());
+  check_same_device(x, s, detail::concat(op, ": s").c_str());
+  check_dtype(s, x.device().is_cuda() ? DType::f32 : x.dtype(),
+              detail::concat(op, ": s (f32 on the GPU, x's dtype on the CPU)").c_str());
+}
+
+void scale_rows_forward(const Tensor& x, const Tensor& s, const Tensor& y) {
+  check_scale(x, s, "scale_rows");
+  check_shape(y, x.shape(), "scale_rows: y");
+  check_dtype(y, x.dtype(), "scale_rows: y");
+  check_same_device(x, y, "scale_rows: y");
+  UM_DISPATCH_DEVICE(x, scale_rows_forward, x, s, y);
+}
+
+void scale_rows_backward(const Tensor& x, const Tensor& s, const Tensor& dy, const GradSlot& dx, const GradSlot& ds) {
+  check_scale(x, s, "scale_rows backward");
+  check_shape(dy, x.shape(), "scale_rows backward: dy");
+  check_dtype(dy, x.dtype(), "scale_rows backward: dy");
+  if (dx) {
+    check_shape(dx.grad, x.shape(), "scale_rows backward: dx");
+    check_dtype(dx.grad, x.dtype(), "scale_rows backward: dx");
+  }
+  if (ds) {
+    check_shape(ds.grad, s.shape(), "scale_rows backward: ds");
+    check_dtype(ds.grad, s.dtype(), "scale_rows backward: ds");
+  }
+  if (!dx && !ds) return;
+  UM_DISPATCH_DEVICE(x, scale_rows_backward, x, s, dy, dx, ds);
+}
+
 void cast_forward(const Tensor& src, const Tensor& dst) {
   check_shape(dst, src.shape(), "cast: dst");
   UM_DISPATCH_DEVICE(src, cast_forward, src, dst);
@@ -31,6 +64,21 @@ Tensor add(const Tensor& a, const Tensor& b) {
       if (!gy) return;
       accumulate_grad(grad_slot(a), gy);
       accumulate_grad(grad_slot(b), gy);
+    });
+  }
+  return y;
+}
+
+Tensor scale_rows(const Tensor& x, const Tensor& s) {
+  check_scale(x, s, "scale_rows");
+  Tensor y = alloc_activation(x.shape(), x.dtype(), x.device());
+  scale_rows_forward(x, s, y);
+  if (needs_grad({&x, &s})) {
+    y.set_requires_grad(true);
+    current_tape()->record([x, s, y] {
+      Tensor gy = grad_of(y);
+      if (!gy) return;
+      scale_rows_backward(x, s, gy, grad_slot(x), grad_slot(s));
     });
   }
   return y;

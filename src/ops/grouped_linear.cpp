@@ -3,6 +3,7 @@
 #include "src/ops/dispatch.h"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/activation.h"
+#include "ultramem/ops/elementwise.h"
 
 namespace um::ops {
 
@@ -70,14 +71,23 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
 }
 
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const RowGroups& groups, const GradSlot& dh, const GradSlot& dW) {
+static void check_row_scale(const Tensor& h, const Tensor& s, const char* op) {
+  check_shape(s, Shape{h.dim(0)}, detail::concat(op, ": s").c_str());
+  check_same_device(h, s, detail::concat(op, ": s").c_str());
+  check_dtype(s, h.device().is_cuda() ? DType::f32 : h.dtype(),
+              detail::concat(op, ": s (f32 on the GPU, h's dtype on the CPU)").c_str());
+}
+
+void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
+                                    const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
+                                    const GradSlot& dW) {
   check_groups(a, W, groups, "swiglu_grouped_linear backward");
   UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(0) == a.dim(0) && h.dim(1) == 2 * a.dim(1),
            detail::concat("swiglu_grouped_linear backward: h of shape [", a.dim(0), ", ", 2 * a.dim(1), "]"),
            h.defined() ? h.desc() : "undefined");
   check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
   check_same_device(h, a, "swiglu_grouped_linear backward: h");
+  check_row_scale(h, s, "swiglu_grouped_linear backward");
   check_shape(dy, Shape{a.dim(0), W.dim(1)}, "swiglu_grouped_linear backward: dy");
   check_dtype(dy, a.dtype(), "swiglu_grouped_linear backward: dy");
   check_same_device(a, dy, "swiglu_grouped_linear backward: dy");
@@ -86,26 +96,46 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tens
     check_dtype(dh.grad, h.dtype(), "swiglu_grouped_linear backward: dh");
     check_same_device(h, dh.grad, "swiglu_grouped_linear backward: dh");
   }
+  if (ds) {
+    check_shape(ds.grad, s.shape(), "swiglu_grouped_linear backward: ds");
+    check_dtype(ds.grad, s.dtype(), "swiglu_grouped_linear backward: ds");
+    check_same_device(s, ds.grad, "swiglu_grouped_linear backward: ds");
+  }
   check_weight_grad(dW, W);
-  if (!dh && !dW) return;
-  UM_DISPATCH_DEVICE(a, swiglu_grouped_linear_backward, h, a, W, dy, groups, dh, dW);
+  if (!dh && !ds && !dW) return;
+#if ULTRAMEM_CUDA
+  if (a.device().is_cuda() && cuda::swiglu_grouped_linear_backward_fused(h, s, a, W, dy, groups, dh, ds, dW)) return;
+#endif
+  // The composition (the CPU reference, and the GPU without the sm90 kernel): da = dy . W_g (0 outside
+  // the groups); a0 = swiglu(h) again, scale_rows' backward gives ds and da0 = s da; then SwiGLU's.
+  GradSlot da;
+  if (dh || ds) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
+  grouped_linear_backward(a, W, dy, groups, da, dW);
+  if (!dh && !ds) return;
+  Tensor a0 = alloc_activation(a.shape(), a.dtype(), a.device());
+  swiglu_forward(h, a0);
+  GradSlot da0;
+  if (dh) da0.grad = alloc_activation(a.shape(), a.dtype(), a.device());
+  scale_rows_backward(a0, s, da.grad, da0, ds);
+  if (dh) swiglu_backward(h, da0.grad, dh.grad, dh.accumulate);
 }
 
-Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& W, const RowGroups& groups) {
+Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& s, const Tensor& W, const RowGroups& groups) {
   UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(1) % 2 == 0, "swiglu_grouped_linear: h of shape [rows, 2 in]",
            h.defined() ? h.desc() : "undefined");
+  check_row_scale(h, s, "swiglu_grouped_linear");
   Tensor a = alloc_activation(Shape{h.dim(0), h.dim(1) / 2}, h.dtype(), h.device());
-  swiglu_forward(h, a);
+  swiglu_forward(h, a, s);
   check_groups(a, W, groups, "swiglu_grouped_linear");
   Tensor y = alloc_activation(Shape{a.dim(0), W.dim(1)}, a.dtype(), a.device());
   grouped_linear_forward(a, W, groups, y);
-  if (needs_grad({&h, &W})) {
+  if (needs_grad({&h, &s, &W})) {
     y.set_requires_grad(true);
-    current_tape()->record([h, a, W, groups, y] {
+    current_tape()->record([h, s, a, W, groups, y] {
       Tensor gy = grad_of(y);
       if (!gy) return;
-      GradSlot dh = grad_slot(h), dW = grad_slot(W);
-      swiglu_grouped_linear_backward(h, a, W, gy, groups, dh, dW);
+      GradSlot dh = grad_slot(h), ds = grad_slot(s), dW = grad_slot(W);
+      swiglu_grouped_linear_backward(h, s, a, W, gy, groups, dh, ds, dW);
     });
   }
   return y;

@@ -2,6 +2,7 @@
 
 #include "src/ops/dispatch.h"
 #include "ultramem/core/arena.h"
+#include "ultramem/ops/elementwise.h"
 
 namespace um::ops {
 
@@ -17,24 +18,9 @@ static void check_plan(const MoePlan& plan, const char* op) {
            "an empty plan");
 }
 
-// Ops that read counts or groups (the combine's dropped rows, the grouped GEMMs) need a finished plan.
-static void check_finished(const MoePlan& plan, const char* op) {
-  check_plan(plan, op);
-  UM_CHECK(plan.host_ticket == 0, detail::concat(op, ": a finished MoE plan (moe_plan_finish)"),
-           "a plan whose group sizes are still in flight");
-}
-
 static void check_rows(const Tensor& t, int64_t rows, const char* what) {
   if (!t.defined() || t.ndim() != 2 || t.dim(0) != rows || t.dim(1) < 1)
     throw Error(what, detail::concat("a 2-d tensor [", rows, ", d]"), t.defined() ? t.desc() : "undefined");
-}
-
-static void check_weights(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const char* op) {
-  std::string w = detail::concat(op, ": weights");
-  check_shape(weights, Shape{plan.tokens, plan.top_k}, w.c_str());
-  check_same_device(ys, weights, w.c_str());
-  check_dtype(weights, ys.device().is_cuda() ? DType::f32 : ys.dtype(),
-              detail::concat(w, " (f32 on the GPU, ys's dtype on the CPU)").c_str());
 }
 
 MoePlan moe_plan(const Tensor& experts, int64_t num_experts, int64_t capacity) {
@@ -94,34 +80,24 @@ void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot
   UM_DISPATCH_DEVICE(dxs, moe_permute_backward, dxs, plan, dx);
 }
 
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y) {
-  check_finished(plan, "moe_combine");
-  check_rows(ys, plan.rows(), "moe_combine: ys");
-  check_weights(ys, weights, plan, "moe_combine");
-  check_shape(y, Shape{plan.tokens, ys.dim(1)}, "moe_combine: y");
-  check_dtype(y, ys.dtype(), "moe_combine: y");
-  check_same_device(ys, y, "moe_combine: y");
-  check_same_device(ys, plan.row_of, "moe_combine: plan");
-  UM_DISPATCH_DEVICE(ys, moe_combine_forward, ys, weights, plan, y);
+void moe_row_weights_forward(const Tensor& weights, const MoePlan& plan, const Tensor& w) {
+  check_plan(plan, "moe_row_weights");
+  check_shape(weights, Shape{plan.tokens, plan.top_k}, "moe_row_weights: weights");
+  check_shape(w, Shape{plan.rows()}, "moe_row_weights: w");
+  check_dtype(w, weights.dtype(), "moe_row_weights: w");
+  check_same_device(weights, w, "moe_row_weights: w");
+  check_same_device(weights, plan.row_of, "moe_row_weights: plan");
+  UM_DISPATCH_DEVICE(weights, moe_row_weights_forward, weights, plan, w);
 }
 
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights) {
-  check_finished(plan, "moe_combine backward");
-  check_rows(ys, plan.rows(), "moe_combine backward: ys");
-  check_weights(ys, weights, plan, "moe_combine backward");
-  check_shape(dy, Shape{plan.tokens, ys.dim(1)}, "moe_combine backward: dy");
-  check_dtype(dy, ys.dtype(), "moe_combine backward: dy");
-  if (dys) {
-    check_shape(dys.grad, ys.shape(), "moe_combine backward: dys");
-    check_dtype(dys.grad, ys.dtype(), "moe_combine backward: dys");
-  }
-  if (dweights) {
-    check_shape(dweights.grad, weights.shape(), "moe_combine backward: dweights");
-    check_dtype(dweights.grad, weights.dtype(), "moe_combine backward: dweights");
-  }
-  if (!dys && !dweights) return;
-  UM_DISPATCH_DEVICE(ys, moe_combine_backward, ys, weights, dy, plan, dys, dweights);
+void moe_row_weights_backward(const Tensor& dw, const MoePlan& plan, const GradSlot& dweights) {
+  check_plan(plan, "moe_row_weights backward");
+  check_shape(dw, Shape{plan.rows()}, "moe_row_weights backward: dw");
+  if (!dweights) return;
+  check_shape(dweights.grad, Shape{plan.tokens, plan.top_k}, "moe_row_weights backward: dweights");
+  check_dtype(dweights.grad, dw.dtype(), "moe_row_weights backward: dweights");
+  check_same_device(dw, dweights.grad, "moe_row_weights backward: dweights");
+  UM_DISPATCH_DEVICE(dw, moe_row_weights_backward, dw, plan, dweights);
 }
 
 Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
@@ -139,17 +115,36 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
   return xs;
 }
 
-Tensor moe_combine(const Tensor& ys, const Tensor& weights, const MoePlan& plan) {
+Tensor moe_row_weights(const Tensor& weights, const MoePlan& plan) {
+  check_shape(weights, Shape{plan.tokens, plan.top_k}, "moe_row_weights: weights");
+  Tensor w = alloc_activation(Shape{plan.rows()}, weights.dtype(), weights.device());
+  moe_row_weights_forward(weights, plan, w);
+  if (needs_grad({&weights})) {
+    w.set_requires_grad(true);
+    current_tape()->record([weights, plan, w] {
+      Tensor g = grad_of(w);
+      if (!g) return;
+      moe_row_weights_backward(g, plan, grad_slot(weights));
+    });
+  }
+  return w;
+}
+
+// The permute's transpose: forward = the permute's backward kernels, backward = its forward kernels.
+Tensor moe_combine(const Tensor& ys, const MoePlan& plan) {
   check_rows(ys, plan.rows(), "moe_combine: ys");
   Tensor y = alloc_activation(Shape{plan.tokens, ys.dim(1)}, ys.dtype(), ys.device());
-  moe_combine_forward(ys, weights, plan, y);
-  if (needs_grad({&ys, &weights})) {
+  moe_permute_backward(ys, plan, GradSlot{y, false});
+  if (needs_grad({&ys})) {
     y.set_requires_grad(true);
-    current_tape()->record([ys, weights, plan, y] {
+    current_tape()->record([ys, plan, y] {
       Tensor g = grad_of(y);
       if (!g) return;
-      GradSlot dys = grad_slot(ys), dw = grad_slot(weights);
-      moe_combine_backward(ys, weights, g, plan, dys, dw);
+      GradSlot dys = grad_slot(ys);
+      if (!dys.accumulate) return moe_permute_forward(g, plan, dys.grad);
+      Tensor copies = alloc_activation(ys.shape(), ys.dtype(), ys.device());
+      moe_permute_forward(g, plan, copies);
+      accumulate_grad(dys, copies);
     });
   }
   return y;

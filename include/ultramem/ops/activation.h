@@ -19,8 +19,9 @@ Tensor silu_mul(const Tensor& gate, const Tensor& up);
 // Kernel-level entry points. dx = (accumulate ? dx : 0) + the gradient through the activation.
 void gelu_forward(const Tensor& x, const Tensor& y);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
-// x [..., 2h], y and dy [..., h], dx [..., 2h] (both halves written).
-void swiglu_forward(const Tensor& x, const Tensor& y);
+// x [..., 2h], y and dy [..., h], dx [..., 2h] (both halves written). A defined row_scale [rows] (x's
+// dtype; f32 on the GPU) scales each output row: y[r] = row_scale[r] swiglu(x[r]) (the MoE routing weights).
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale = Tensor());
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
 // y = silu(gate) * up. Backward: dgate = (acc_gate ? dgate : 0) + dy * up * silu'(gate) and
 // dup = (acc_up ? dup : 0) + dy * silu(gate); either gradient may be undefined (not wanted).
@@ -33,7 +34,7 @@ void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, c
 namespace um::cpu {
 void gelu_forward(const Tensor& x, const Tensor& y);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
-void swiglu_forward(const Tensor& x, const Tensor& y);
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale);
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
 void silu_mul_forward(const Tensor& gate, const Tensor& up, const Tensor& y);
 void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, bool acc_gate,
@@ -43,7 +44,7 @@ void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, c
 namespace um::cuda {
 void gelu_forward(const Tensor& x, const Tensor& y);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
-void swiglu_forward(const Tensor& x, const Tensor& y);
+void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale);
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool accumulate);
 void silu_mul_forward(const Tensor& gate, const Tensor& up, const Tensor& y);
 void silu_mul_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, bool acc_gate,

@@ -36,20 +36,22 @@ struct RowGroups {
 // x [rows, in], W [G, out, in] (same dtype and device) -> y [rows, out].
 Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups);
 
-// SwiGLU, then the grouped linear: y = grouped_linear(swiglu(h), W, groups), h [rows, 2 in] = [gate | up]
-// (ops/activation.h), the expert output of a SwiGLU MoE layer. One op so that its backward can fuse: on
-// the sm90 path SwiGLU's backward runs in the epilogue of the dx product, so dact = dy . W_g never reaches
-// memory (cuda/grouped_gemm_sm90.cu); elsewhere it is the two ops' backwards in turn. Rows outside every
-// group get y = 0 and dh = 0 (accumulate: unchanged).
-Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& W, const RowGroups& groups);
+// SwiGLU with a per-row scale, then the grouped linear: the expert output of a SwiGLU MoE layer,
+//   a = s[r] swiglu(h[r]),  y = grouped_linear(a, W, groups),  h [rows, 2 in] = [gate | up], s [rows]
+// (ops/activation.h; s is the routing weight of each row, in h's dtype, f32 on the GPU). One op so that
+// its backward can fuse: on the sm90 path SwiGLU's backward and ds run in the epilogue of the dx product,
+// so dact = dy . W_g never reaches memory (cuda/grouped_gemm_sm90.cu); elsewhere it is the ops' backwards
+// in turn. Rows outside every group get y = 0, dh = 0 and ds = 0 (accumulate: unchanged).
+Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& s, const Tensor& W, const RowGroups& groups);
 
-// Kernel-level entry points. swiglu_grouped_linear_backward takes the forward's a = swiglu(h) (dW's
-// operand) along with h.
+// Kernel-level entry points. swiglu_grouped_linear_backward takes the forward's a = s swiglu(h) (dW's
+// operand) along with h and s.
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const RowGroups& groups, const GradSlot& dh, const GradSlot& dW);
+void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
+                                    const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
+                                    const GradSlot& dW);
 
 }  // namespace um::ops
 
@@ -57,16 +59,17 @@ namespace um::cpu {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const ops::RowGroups& groups, const GradSlot& dh, const GradSlot& dW);
 }  // namespace um::cpu
 
 namespace um::cuda {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
-void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& a, const Tensor& W, const Tensor& dy,
-                                    const ops::RowGroups& groups, const GradSlot& dh, const GradSlot& dW);
+// swiglu_grouped_linear's backward in one sm90 kernel (plus dW) where it applies; false (nothing done)
+// elsewhere, and the op composes the unfused kernels.
+bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
+                                          const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
+                                          const GradSlot& ds, const GradSlot& dW);
 // "auto" (the default: the sm90 kernel where it applies, else the grouped call above 16 groups and the
 // loop for 16 or fewer), "grouped" (cublasGemmGroupedBatchedEx where
 // cuBLAS supports the types) or "loop" (cublasGemmEx per group): from the environment variable

@@ -1,5 +1,5 @@
-// MoE dispatch op family: the permutation of token copies into expert-contiguous order, and the
-// weighted combine that undoes it.
+// MoE dispatch op family: the permutation of token copies into expert-contiguous order, the routing
+// weights in that order, and the combine that undoes the permutation.
 //
 // A token t routed to experts[t, 0..k) makes k assignments a = t k + j. The plan sorts them by expert,
 // stably (ties keep assignment order, so within an expert tokens stay ascending): row r of the
@@ -8,12 +8,17 @@
 // computed (group size min(counts[e], C)) and the rest are dropped: row_of = -1, they contribute
 // nothing (dropless when C = 0, the default).
 //
-//   moe_permute  xs[r] = x[sorted_assignment[r] / k]  (0 for dropped rows)  [N k, d]
-//   moe_combine  y[t]  = sum_j weights[t, j] ys[row_of[t k + j]]  (j order, fp32)   [N, d]
+//   moe_permute      xs[r] = x[sorted_assignment[r] / k]  (0 for dropped rows)           [N k, d]
+//   moe_row_weights  w[r]  = weights[sorted_assignment[r]]  (0 for dropped rows)          [N k]
+//   moe_combine      y[t]  = sum_j ys[row_of[t k + j]]  (j order, fp32)                   [N, d]
+// The combine is the permute's transpose: the routing weights scale the expert's hidden activation
+// instead (the layer's a = w[r] act(h[r]), ops/grouped_linear.h), which is the same product
+// w (act . W2^T) but lets the weights' gradient come from the activation's backward, where the sm90
+// path has dact and act in registers, instead of a dot product with every ys row.
 // Backward:
-//   permute  dx[t] = sum_j dxs[row_of[t k + j]]           (a gather-sum in j order: no scatter, no atomics)
-//   combine  dys[row_of[t k + j]] = weights[t, j] dy[t]   (each row written once; dropped rows 0)
-//            dweights[t, j] = dy[t] . ys[row_of[t k + j]] (0 for dropped assignments)
+//   permute      dx[t] = sum_j dxs[row_of[t k + j]]          (a gather-sum in j order: no scatter, no atomics)
+//   row weights  dweights[a] = dw[row_of[a]]                 (0 for dropped assignments)
+//   combine      dys[r] = dy[sorted_assignment[r] / k]       (the permute; dropped rows 0)
 // Building the plan ends with one small device-to-host copy of the group offsets (E + 1 integers): the
 // grouped GEMMs need the group sizes on the host. That is the layer's one synchronisation per forward;
 // the backward reuses the sizes. moe_plan_start / moe_plan_finish split it so the copy's wait overlaps
@@ -49,9 +54,10 @@ MoePlan moe_plan_start(const Tensor& experts, int64_t num_experts, int64_t capac
 void moe_plan_finish(MoePlan& plan);
 // x [N, d] -> xs [N k, d].
 Tensor moe_permute(const Tensor& x, const MoePlan& plan);
-// ys [N k, d] (activation dtype), weights [N, k] (the router's dtype: f32 on the GPU, ys's on the CPU)
-// -> y [N, d] in ys's dtype. Differentiable in ys and weights.
-Tensor moe_combine(const Tensor& ys, const Tensor& weights, const MoePlan& plan);
+// weights [N, k] (any float dtype) -> [N k] in weights' dtype. Differentiable.
+Tensor moe_row_weights(const Tensor& weights, const MoePlan& plan);
+// ys [N k, d] -> y [N, d] in ys's dtype. Differentiable.
+Tensor moe_combine(const Tensor& ys, const MoePlan& plan);
 
 // Kernel-level entry points. moe_plan_build fills plan.sorted_assignment, plan.row_of (allocated by the
 // caller), plan.counts and plan.groups from experts; on the GPU counts and groups arrive with
@@ -60,9 +66,8 @@ void moe_plan_build(const Tensor& experts, MoePlan& plan);
 void moe_plan_build_finish(MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot& dx);
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const MoePlan& plan, const Tensor& y);
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights);
+void moe_row_weights_forward(const Tensor& weights, const MoePlan& plan, const Tensor& w);
+void moe_row_weights_backward(const Tensor& dw, const MoePlan& plan, const GradSlot& dweights);
 
 }  // namespace um::ops
 
@@ -71,9 +76,8 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
 void moe_plan_build_finish(ops::MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights);
+void moe_row_weights_forward(const Tensor& weights, const ops::MoePlan& plan, const Tensor& w);
+void moe_row_weights_backward(const Tensor& dw, const ops::MoePlan& plan, const GradSlot& dweights);
 }  // namespace um::cpu
 
 namespace um::cuda {
@@ -81,7 +85,6 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan);
 void moe_plan_build_finish(ops::MoePlan& plan);
 void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor& xs);
 void moe_permute_backward(const Tensor& dxs, const ops::MoePlan& plan, const GradSlot& dx);
-void moe_combine_forward(const Tensor& ys, const Tensor& weights, const ops::MoePlan& plan, const Tensor& y);
-void moe_combine_backward(const Tensor& ys, const Tensor& weights, const Tensor& dy, const ops::MoePlan& plan,
-                          const GradSlot& dys, const GradSlot& dweights);
+void moe_row_weights_forward(const Tensor& weights, const ops::MoePlan& plan, const Tensor& w);
+void moe_row_weights_backward(const Tensor& dw, const ops::MoePlan& plan, const GradSlot& dweights);
 }  // namespace um::cuda
