@@ -1,0 +1,208 @@
+// The sm90 grouped GEMM's epilogues (cuda/grouped_gemm_sm90.cu): what a consumer warpgroup does with
+// its 64 x BN accumulators once a tile's k-steps are done. Direct register stores (slabs crossing a
+// group's end, bf16 accumulation), the staged TMA store of a slab, and SwiGLU's backward for the dx
+// product of a SwiGLU expert output (gate and up arriving through the operand ring).
+#pragma once
+#include <cuda_bf16.h>
+
+#include "activation_math.cuh"
+#include "common.cuh"
+#include "grouped_gemm_sm90_tile.cuh"
+#include "tma_sm90.cuh"
+#include "wgmma_sm90.cuh"
+
+#if defined(UM_SM90_DEVICE) || !defined(__CUDA_ARCH__)
+namespace um::cuda::sm90 {
+
+// Barrier of one consumer warpgroup (ids 2 and 3; 1 is both consumers', 0 the CTA's).
+__device__ __forceinline__ void warpgroup_bar(int cw) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+}
+
+__device__ __forceinline__ void store_pair(bf16* p, float v0, float v1, bool accumulate) {
+  if (accumulate) {
+    const __nv_bfloat162 o = *reinterpret_cast<const __nv_bfloat162*>(p);
+    v0 += __bfloat162float(o.x), v1 += __bfloat162float(o.y);
+  }
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1);
+}
+__device__ __forceinline__ void store_pair(float* p, float v0, float v1, bool accumulate) {
+  float2 v = make_float2(v0, v1);
+  if (accumulate) {
+    const float2 o = *reinterpret_cast<const float2*>(p);
+    v.x += o.x, v.y += o.y;
+  }
+  *reinterpret_cast<float2*>(p) = v;
+}
+
+// The wgmma accumulator layout: thread (warp w of its warpgroup, lane l) holds rows 16 w + l / 4 (+ 8)
+// and, per 8-column block j, columns 8 j + 2 (l % 4) (+ 1): d[4 j + 2 i + c]. cw: the consumer warpgroup.
+template <class T, typename OutT>
+__device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], int cw, OutT* c, int64_t ldc, int m0,
+                                           int m_end, int n0, int n_end, bool accumulate) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int row0 = m0 + cw * 64 + warp * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < T::kBN / 8; ++j) {
+    const int col = n0 + j * 8 + (lane & 3) * 2;
+    if (col >= n_end) continue;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = row0 + i * 8;
+      if (row < m_end) store_pair(c + int64_t(row) * ldc + col, acc[j * 4 + i * 2], acc[j * 4 + i * 2 + 1], accumulate);
+    }
+  }
+}
+
+// The staged epilogue of one warpgroup's 64 x BN slab: 128-byte-wide chunks (64 bf16 or 32 f32 columns)
+// go through two 8 KiB buffers with the 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8): the
+// warp's rows land in distinct banks), then one thread's TMA store writes each chunk while the next is
+// staged, and the last ones drain while the warpgroup starts its next tile. `ep` counts chunks across
+// tiles (buffer ep % 2); before a buffer is rewritten, the store that read it two chunks ago has finished
+// reading (wait_group.read 1). rows: c0 = the slab's first column, c1 its first row; weights: c2 = group.
+template <class T, typename OutT>
+__device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int cw, uint32_t staging,
+                                               const CUtensorMap& map, int n0, int n_end, int row0, int g, bool add,
+                                               int& ep) {
+  constexpr bool kF32 = sizeof(OutT) == 4;
+  constexpr int kChunkCols = kF32 ? 32 : 64, kBlocksPerChunk = kChunkCols / 8;  // 8-column accumulator blocks
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const bool issuer = (threadIdx.x & 127) == 0;
+#pragma unroll
+  for (int q = 0; q < T::kBN / kChunkCols; ++q) {
+    if (n0 + q * kChunkCols >= n_end) break;  // uniform: the rest of the slab lies past N
+    const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
+    if (issuer) bulk_wait_read<1>();
+    warpgroup_bar(cw);
+#pragma unroll
+    for (int jj = 0; jj < kBlocksPerChunk; ++jj) {
+      const int j = q * kBlocksPerChunk + jj;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = warp * 16 + (lane >> 2) + i * 8;
+        const float v0 = acc[j * 4 + i * 2], v1 = acc[j * 4 + i * 2 + 1];
+        if constexpr (kF32) {
+          const int byte = (jj * 8 + (lane & 3) * 2) * 4;  // within the 128-byte row
+          const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+        } else {
+          const int byte = (jj * 8 + (lane & 3) * 2) * 2;
+          const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
+          const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&p))
+                       : "memory");
+        }
+      }
+    }
+    fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+    warpgroup_bar(cw);
+    if (issuer) {
+      if constexpr (kF32) tma_store_3d(map, buf, n0 + q * kChunkCols, row0, g, add);
+      else tma_store_2d(map, buf, n0 + q * kChunkCols, row0);
+      bulk_commit();
+    }
+    ++ep;
+  }
+}
+
+// SwiGLU's backward as the epilogue of the dx product dact = dy . W_g (kRowsDSwiGLU). After a tile's
+// k-steps the producer queues one ring slot per 64-column chunk of the tile, holding the tile's 128 rows
+// of gate (two 64-row boxes, one per consumer warpgroup) and then of up (two more): gate and up come in
+// through the ring like operands, so their loads overlap the k-steps. Each thread reads its pairs and
+// frees the slot at once (the producer refills it with the next tile's k-steps while this epilogue
+// runs), turns them into dgate, dup (activation_math.cuh), and stages both 64 x 64 chunks in its
+// warpgroup's two staging buffers, from which two TMA stores write them into the halves of
+// dh = [dgate | dup]. A slab crossing its group's end (the next group's rows) stores its rows directly.
+template <class T>
+__device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAcc], int cw, uint32_t base,
+                                                       uint32_t staging, uint32_t full0, uint32_t empty0, int& it,
+                                                       const CUtensorMap& map_dg, const CUtensorMap& map_du,
+                                                       const Args& args, int n0, int width, int slab0, int m_end) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, N = args.N;
+  const bool issuer = (threadIdx.x & 127) == 0, active = slab0 < m_end, staged = slab0 + 64 <= m_end;
+  const uint32_t dg_buf = staging + uint32_t(cw * 2 * kChunkBytes), du_buf = dg_buf + uint32_t(kChunkBytes);
+  bf16* dh = static_cast<bf16*>(args.c);
+  // This thread's two rows: their scales, and their ds partial sums over the tile's columns.
+  const int row0 = slab0 + warp * 16 + (lane >> 2);
+  float scale[2], ds[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 2; ++i) scale[i] = active && row0 + 8 * i < m_end ? args.row_scale[row0 + 8 * i] : 0.f;
+#pragma unroll
+  for (int q = 0; q < T::kBN / 64; ++q) {
+    if (q * 64 >= width) break;  // uniform: the tile's chunks
+    const int s = it % T::kStages;
+    mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
+    const uint32_t g_buf = base + uint32_t(s * T::kStageBytes + cw * kBoxBytes), u_buf = g_buf + 2u * kBoxBytes;
+    uint32_t g2[16], u2[16];  // pair (jj, i): row warp 16 + lane / 4 + 8 i, columns 8 jj + 2 (lane % 4) (+ 1)
+    if (active) {
+#pragma unroll
+      for (int p = 0; p < 16; ++p) {
+        const int jj = p >> 1, r = warp * 16 + (lane >> 2) + (p & 1) * 8, col = jj * 8 + (lane & 3) * 2;
+        const uint32_t off = uint32_t(r * 128 + ((((col >> 3) ^ (r & 7)) << 4) | ((col & 7) * 2)));
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(g2[p]) : "r"(g_buf + off) : "memory");
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(u2[p]) : "r"(u_buf + off) : "memory");
+      }
+    }
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(empty0 + 8u * s);  // the warp's reads are done: the slot is free
+    ++it;
+    if (!active) continue;
+    // dgate, dup in place of gate, up; only then wait for the previous chunk's stores to have read the
+    // staging buffers, so that wait overlaps this arithmetic.
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int j = q * 8 + (p >> 1), i = p & 1;
+      const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&g2[p]);
+      const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&u2[p]);
+      // a = s silu(g) u: d(gate, up) = s x SwiGLU's gradients of dact, ds += dact silu(g) u.
+      const float d0 = acc[j * 4 + i * 2], d1 = acc[j * 4 + i * 2 + 1];
+      float v0, dg0, du0, v1, dg1, du1;
+      silu_mul_value_grads(__bfloat162float(g.x), __bfloat162float(u.x), scale[i] * d0, v0, dg0, du0);
+      silu_mul_value_grads(__bfloat162float(g.y), __bfloat162float(u.y), scale[i] * d1, v1, dg1, du1);
+      if (n0 + q * 64 + (p >> 1) * 8 + (lane & 3) * 2 < N) ds[i] += d0 * v0 + d1 * v1;  // columns past N hold noise
+      const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
+      g2[p] = *reinterpret_cast<const uint32_t*>(&pg), u2[p] = *reinterpret_cast<const uint32_t*>(&pu);
+    }
+    if (staged) {
+      if (issuer) bulk_wait_read<0>();
+      warpgroup_bar(cw);
+    }
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int r = warp * 16 + (lane >> 2) + (p & 1) * 8, col = (p >> 1) * 8 + (lane & 3) * 2;
+      if (staged) {
+        const uint32_t off = uint32_t(r * 128 + ((((col >> 3) ^ (r & 7)) << 4) | ((col & 7) * 2)));
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dg_buf + off), "r"(g2[p]) : "memory");
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(du_buf + off), "r"(u2[p]) : "memory");
+      } else {
+        const int row = slab0 + r, c = n0 + q * 64 + col;
+        if (row < m_end && c < N) {
+          uint32_t* out = reinterpret_cast<uint32_t*>(dh + int64_t(row) * 2 * N + c);
+          out[0] = g2[p];
+          out[N / 2] = u2[p];  // N is even (a multiple of 8)
+        }
+      }
+    }
+    if (staged) {
+      fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+      warpgroup_bar(cw);
+      if (issuer) {
+        tma_store_2d(map_dg, dg_buf, n0 + q * 64, slab0);
+        tma_store_2d(map_du, du_buf, n0 + q * 64, slab0);
+        bulk_commit();
+      }
+    }
+  }
+  if (!active) return;
+  // The quad's four lanes hold one row's columns: sum them (a fixed order), one write per row and n-tile.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    ds[i] += __shfl_xor_sync(0xffffffffu, ds[i], 1);
+    ds[i] += __shfl_xor_sync(0xffffffffu, ds[i], 2);
+    if ((lane & 3) == 0 && row0 + 8 * i < m_end)
+      args.ds_partial[int64_t(n0 / T::kBN) * args.rows_total + row0 + 8 * i] = ds[i];
+  }
+}
+
+}  // namespace um::cuda::sm90
+#endif

@@ -1,0 +1,55 @@
+// The sm90 grouped GEMM's shapes and parameters (cuda/grouped_gemm_sm90.cu): the CTA tile and its
+// shared-memory layout, the group table and the arguments every kernel mode reads.
+#pragma once
+#include <cstdint>
+
+#include "grouped_gemm_sm90.cuh"
+
+namespace um::cuda::sm90 {
+
+constexpr int kBM = 128, kBK = 64, kThreads = 384;  // producer + two consumer warpgroups
+constexpr int kConsumerWarps = 8;
+// One 64-row x 128-byte block in the 128-byte swizzle: 64 rows of a K-major tile (64 k-values each), one
+// MN-major panel (64 k rows of 64 mn), one epilogue chunk; operands move in these units.
+constexpr int kBoxBytes = 64 * 128;
+// Epilogue staging: per consumer warpgroup two 8 KiB buffers, each one 64-row x 128-byte chunk of its
+// 64 x BN output (64 bf16 or 32 f32 columns) that a TMA store (or reduce-add) then writes out.
+constexpr int kChunkBytes = kBoxBytes, kStagingBytes = 2 * 2 * kChunkBytes;
+
+template <int BN, int STAGES>
+struct Tile {
+  static constexpr int kBN = BN, kStages = STAGES;
+  static constexpr int kAcc = BN / 2;  // fp32 accumulators per thread (64 rows x BN per warpgroup)
+  static constexpr int kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
+  static constexpr int kStagingOffset = STAGES * kStageBytes;  // the epilogue's staging, after the stages
+  // + the staging + room to align the base to 1024 (the swizzle's period) + the 2 x STAGES mbarriers
+  static constexpr int kSmemBytes = kStagingOffset + kStagingBytes + 1024 + 2 * STAGES * 8;
+};
+using Wide = Tile<256, 4>;    // 192 KiB of stages
+using Narrow = Tile<128, 6>;  // 192 KiB of stages; only with UM_SM90_TILE=narrow (tests, benchmarks)
+
+// Group table as a kernel parameter (12 KiB: parameters may be up to 32 KiB since CUDA 12.1): no upload,
+// no synchronisation. tile_start[g]: the first m-tile of group g in the "rows" grid.
+struct Groups {
+  int count;
+  int start[kMaxGroups];
+  int size[kMaxGroups];
+  int tile_start[kMaxGroups + 1];
+};
+
+struct Args {
+  void* c;
+  int64_t ldc, c_group_stride;  // weights: elements between consecutive groups' C
+  int M, N, K;                  // rows: N, K (M from the groups); weights: M, N (K is the group's size)
+  int accumulate;
+  // kRowsDSwiGLU: the rows' scales s (f32 [rows]) and the partial sums of ds, [n-tiles][rows_total].
+  const float* row_scale;
+  float* ds_partial;
+  int64_t rows_total;
+};
+
+// The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), and the dx
+// product whose epilogue applies SwiGLU's backward (kRowsDSwiGLU: C = dact never reaches memory).
+enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2, kRowsDSwiGLU = 3 };
+
+}  // namespace um::cuda::sm90
