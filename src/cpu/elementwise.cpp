@@ -15,7 +15,6 @@ void add_forward(const Tensor& a, const Tensor& b, const Tensor& y) {
   UM_DISPATCH_CPU(a.dtype(), T, add_kernel<T>(a.data_as<T>(), b.data_as<T>(), y.data_as<T>(), a.numel()));
 }
 
-// Reads element i of any float tensor as double.
 template <typename T>
 static void scale_rows_kernel(const T* x, const T* s, T* y, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r)
@@ -53,6 +52,7 @@ void scale_rows_backward(const Tensor& x, const Tensor& s, const Tensor& dy, con
                                                 x.dim(1)));
 }
 
+// Reads element i of any float tensor as double.
 static double load(const Tensor& t, int64_t i) {
   switch (t.dtype()) {
     case DType::f32: return t.data_as<float>()[i];

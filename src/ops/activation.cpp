@@ -3,6 +3,7 @@
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/elementwise.h"
 #include "src/ops/dispatch.h"
+#include "src/ops/row_scale.h"
 
 namespace um::ops {
 
@@ -34,12 +35,7 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool acc
 
 void swiglu_forward(const Tensor& x, const Tensor& y, const Tensor& row_scale) {
   check_like(y, x, swiglu_out_shape(x), "swiglu: y");
-  if (row_scale.defined()) {
-    check_shape(row_scale, Shape{x.numel() / x.dim(-1)}, "swiglu: row_scale");
-    check_same_device(x, row_scale, "swiglu: row_scale");
-    check_dtype(row_scale, x.device().is_cuda() ? DType::f32 : x.dtype(),
-                "swiglu: row_scale (f32 on the GPU, x's dtype on the CPU)");
-  }
+  if (row_scale.defined()) check_row_scale(x, x.numel() / x.dim(-1), row_scale, "swiglu: row_scale");
   UM_DISPATCH_DEVICE(x, swiglu_forward, x, y, row_scale);
 }
 

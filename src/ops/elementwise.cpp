@@ -2,6 +2,7 @@
 
 #include "ultramem/core/arena.h"
 #include "src/ops/dispatch.h"
+#include "src/ops/row_scale.h"
 
 namespace um::ops {
 
@@ -14,10 +15,7 @@ void add_forward(const Tensor& a, const Tensor& b, const Tensor& y) {
 static void check_scale(const Tensor& x, const Tensor& s, const char* op) {
   UM_CHECK(x.defined() && x.ndim() == 2, detail::concat(op, ": x of shape [rows, cols]"),
            x.defined() ? x.desc() : "undefined");
-  check_shape(s, Shape{x.dim(0)}, detail::concat(op, ": s").c_str());
-  check_same_device(x, s, detail::concat(op, ": s").c_str());
-  check_dtype(s, x.device().is_cuda() ? DType::f32 : x.dtype(),
-              detail::concat(op, ": s (f32 on the GPU, x's dtype on the CPU)").c_str());
+  check_row_scale(x, x.dim(0), s, detail::concat(op, ": s"));
 }
 
 void scale_rows_forward(const Tensor& x, const Tensor& s, const Tensor& y) {

@@ -1,6 +1,7 @@
 #include "ultramem/ops/grouped_linear.h"
 
 #include "src/ops/dispatch.h"
+#include "src/ops/row_scale.h"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/activation.h"
 #include "ultramem/ops/elementwise.h"
@@ -71,13 +72,6 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
 }
 
-static void check_row_scale(const Tensor& h, const Tensor& s, const char* op) {
-  check_shape(s, Shape{h.dim(0)}, detail::concat(op, ": s").c_str());
-  check_same_device(h, s, detail::concat(op, ": s").c_str());
-  check_dtype(s, h.device().is_cuda() ? DType::f32 : h.dtype(),
-              detail::concat(op, ": s (f32 on the GPU, h's dtype on the CPU)").c_str());
-}
-
 void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                     const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
                                     const GradSlot& dW) {
@@ -87,7 +81,7 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
            h.defined() ? h.desc() : "undefined");
   check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
   check_same_device(h, a, "swiglu_grouped_linear backward: h");
-  check_row_scale(h, s, "swiglu_grouped_linear backward");
+  check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear backward: s");
   check_shape(dy, Shape{a.dim(0), W.dim(1)}, "swiglu_grouped_linear backward: dy");
   check_dtype(dy, a.dtype(), "swiglu_grouped_linear backward: dy");
   check_same_device(a, dy, "swiglu_grouped_linear backward: dy");
@@ -123,7 +117,7 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
 Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& s, const Tensor& W, const RowGroups& groups) {
   UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(1) % 2 == 0, "swiglu_grouped_linear: h of shape [rows, 2 in]",
            h.defined() ? h.desc() : "undefined");
-  check_row_scale(h, s, "swiglu_grouped_linear");
+  check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear: s");
   Tensor a = alloc_activation(Shape{h.dim(0), h.dim(1) / 2}, h.dtype(), h.device());
   swiglu_forward(h, a, s);
   check_groups(a, W, groups, "swiglu_grouped_linear");

@@ -54,7 +54,8 @@ MoePlan moe_plan_start(const Tensor& experts, int64_t num_experts, int64_t capac
 void moe_plan_finish(MoePlan& plan);
 // x [N, d] -> xs [N k, d].
 Tensor moe_permute(const Tensor& x, const MoePlan& plan);
-// weights [N, k] (any float dtype) -> [N k] in weights' dtype. Differentiable.
+// weights [N, k] (f32 on the GPU: the router's dtype; any float dtype on the CPU) -> [N k] in weights'
+// dtype. Differentiable.
 Tensor moe_row_weights(const Tensor& weights, const MoePlan& plan);
 // ys [N k, d] -> y [N, d] in ys's dtype. Differentiable.
 Tensor moe_combine(const Tensor& ys, const MoePlan& plan);
