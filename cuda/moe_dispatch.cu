@@ -2,8 +2,8 @@
 //
 // Plan: keys[a] = experts[a] (an out-of-range id becomes E and raises the error flag), values = a;
 // cub::DeviceRadixSort::SortPairs over the bits that hold E (stable: within an expert the assignments
-// stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e) by one
-// thread per expert; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
+// stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e), written by
+// the sorted position where expert e's range starts; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
 // the error flag) are copied into pinned host memory and an event recorded; moe_plan_build_finish waits for
 // that event (the one synchronisation of the layer, overlapped with whatever was queued after the copy).
 // Permute and its backward (which are also the combine's backward and forward): one warp per row or
@@ -32,17 +32,14 @@ __global__ void plan_keys_kernel(const int32_t* __restrict__ experts, int A, int
   }
 }
 
-// offsets[e] = first r with sorted_keys[r] >= e, for e in [0, E].
+// offsets[e] = first r with sorted_keys[r] >= e, for e in [0, E]: position r (0 <= r <= A) writes the
+// e in (sorted_keys[r - 1], sorted_keys[r]] (keys[-1] = -1, keys[A] = E), so each e is written once. (A
+// binary search per expert took 9.3 us for 131k keys on an H200: 17 dependent loads.)
 __global__ void plan_offsets_kernel(const uint32_t* __restrict__ sorted_keys, int A, int E, int32_t* __restrict__ offsets) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e > E) return;
-  int lo = 0, hi = A;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (sorted_keys[mid] < uint32_t(e)) lo = mid + 1;
-    else hi = mid;
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r <= A; r += gridDim.x * blockDim.x) {
+    const int lo = r == 0 ? -1 : int(sorted_keys[r - 1]), hi = r == A ? E : int(sorted_keys[r]);
+    for (int e = lo + 1; e <= hi; ++e) offsets[e] = r;
   }
-  offsets[e] = lo;
 }
 
 __global__ void plan_rows_kernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted,
@@ -192,7 +189,7 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
     UM_CUDA_LAUNCHED();
     UM_CUDA(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, sorted_keys, values, sorted, A, 0, end_bit,
                                             stream()));
-    plan_offsets_kernel<<<ceil_div(E + 1, 256), 256, 0, stream()>>>(sorted_keys, A, E, offsets);
+    plan_offsets_kernel<<<grid, 256, 0, stream()>>>(sorted_keys, A, E, offsets);
     UM_CUDA_LAUNCHED();
     plan_rows_kernel<<<grid, 256, 0, stream()>>>(sorted_keys, sorted, offsets, A, E, capacity,
                                                  plan.row_of.data_as<int32_t>());

@@ -4,11 +4,13 @@
 // expert first, as the CPU; NaNs are never picked). Assignments are counted per block in shared memory
 // and the block counts added by the finalize pass: global atomics on E adjacent counters serialise in L2
 // (the kernel took 68 us with them for 16k tokens x top-8 of 64 on an H200, 41 without, 29 with more
-// blocks). P_e and the z-loss sum are column sums in two fixed-order passes (chunks of rows give partials,
-// then the chunks are added in order, one warp per column), and one warp finishes both losses: no float
-// atomics anywhere, bitwise reproducible.
+// blocks). P_e and the z-loss sum are column sums in two fixed-order passes: the top-k kernel's blocks
+// sum their tokens while the row is in registers (a separate pass over probs cost 15.5 us there), the
+// finalize pass adds the blocks in order, one warp per column, and one warp finishes both losses: no
+// float atomics anywhere, bitwise reproducible.
 #include "ultramem/ops/moe_router.h"
 
+#include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
@@ -20,16 +22,17 @@ namespace {
 constexpr int kMaxK = int(ops::kMoeMaxTopK);
 static_assert(kMaxK <= 32, "one lane per selected slot");
 constexpr int kWarps = 4;  // tokens per block of the backward kernel
-constexpr int kTopkWarps = 8, kTopkBlocksPerSm = 8;  // the top-k kernel: grid-stride warps, one count row per block
-constexpr int kSumThreads = 256, kSumRows = 128;
+// The top-k kernel: grid-stride warps, at most kTopkBlocks blocks (a fixed grid: see the kernel).
+constexpr int kTopkWarps = 8, kTopkBlocks = 1024;
 
 // One token: softmax, top-k, the token's outputs; lane j < k returns slot j's expert (-1 on other lanes).
-// The row stays in registers, V values per lane (expert lane + 32 i), so the k passes read no memory.
+// The row stays in registers, V values per lane (expert lane + 32 i), so the k passes read no memory;
+// the warp's running column sums get the token's probabilities (p_sums, per lane) and lse^2 (z_sum).
 template <int V>
 __device__ __forceinline__ int route_token(const float* __restrict__ logits, int t, int E, int k, bool renormalize,
                                            float* __restrict__ probs, float* __restrict__ lse,
                                            float* __restrict__ weights, int32_t* __restrict__ experts,
-                                           float* __restrict__ z_terms) {
+                                           float (&p_sums)[V], float& z_sum) {
   const int lane = threadIdx.x & 31;
   const float* x = logits + int64_t(t) * E;
   float* p = probs + int64_t(t) * E;
@@ -52,7 +55,7 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
   const float l = m + logf(s);
 #pragma unroll
   for (int i = 0; i < V; ++i)
-    if (lane + 32 * i < E) v[i] /= s, p[lane + 32 * i] = v[i];
+    if (lane + 32 * i < E) v[i] /= s, p[lane + 32 * i] = v[i], p_sums[i] += v[i];
   // Pass j: the largest (v, -e) strictly below (pv, -pe). Every lane ends a pass with the same pick.
   float pv = INFINITY, my_v = -1.f, sel = 0.f;
   int pe = -1, my_e = 0;
@@ -76,73 +79,66 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
     sel += bv;
     if (lane == j) my_v = bv, my_e = be;
   }
-  if (lane == 0) {
-    lse[t] = l;
-    z_terms[t] = l * l;
-  }
+  z_sum += l * l;
+  if (lane == 0) lse[t] = l;
   if (lane >= k) return -1;
   weights[int64_t(t) * k + lane] = renormalize ? my_v / sel : my_v;
   experts[int64_t(t) * k + lane] = my_e;
   return my_e;
 }
 
-// Grid-stride warps over tokens; block b's assignment counts go to count_partials[b, :] (E of them).
+// Grid-stride warps over tokens. Block b's assignment counts go to count_partials[b, :] (E of them) and
+// its column sums of [probs | lse^2] to sum_partials[b, :] (E + 1): each warp sums its tokens in order,
+// then the block adds its warps in order. The grid is a function of N alone (not of the GPU), so the
+// sums' order, and their bits, are the same on every device.
 template <int V>
 __global__ void __launch_bounds__(kTopkWarps * 32)
     router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,
                        float* __restrict__ probs, float* __restrict__ lse, float* __restrict__ weights,
-                       int32_t* __restrict__ experts, float* __restrict__ z_terms, int32_t* __restrict__ count_partials) {
-  __shared__ int block_counts[ops::kMoeMaxExperts];
+                       int32_t* __restrict__ experts, int32_t* __restrict__ count_partials,
+                       float* __restrict__ sum_partials) {
+  // Dynamic shared memory, sized for E: the block's counts [E], then the warps' sums [kTopkWarps][E + 1].
+  extern __shared__ float topk_smem[];
+  int* block_counts = reinterpret_cast<int*>(topk_smem);
+  float* warp_sums = topk_smem + E;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int e = threadIdx.x; e < E; e += blockDim.x) block_counts[e] = 0;
   __syncthreads();
-  for (int t = blockIdx.x * kTopkWarps + (threadIdx.x >> 5); t < N; t += gridDim.x * kTopkWarps) {
-    const int e = route_token<V>(logits, t, E, k, renormalize, probs, lse, weights, experts, z_terms);
+  float p_sums[V], z_sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) p_sums[i] = 0.f;
+  for (int t = blockIdx.x * kTopkWarps + warp; t < N; t += gridDim.x * kTopkWarps) {
+    const int e = route_token<V>(logits, t, E, k, renormalize, probs, lse, weights, experts, p_sums, z_sum);
     if (e >= 0) atomicAdd(&block_counts[e], 1);
   }
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (lane + 32 * i < E) warp_sums[warp * (E + 1) + lane + 32 * i] = p_sums[i];
+  if (lane == 0) warp_sums[warp * (E + 1) + E] = z_sum;
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) count_partials[int64_t(blockIdx.x) * E + e] = block_counts[e];
-}
-
-// Pass 1 of the column sums of [probs | z_terms] (E + 1 columns): block b sums rows [b kSumRows,
-// (b + 1) kSumRows) into partials[b, :]. Threads are (row lane, column); row lanes are added in order.
-__global__ void __launch_bounds__(kSumThreads)
-    router_partials_kernel(const float* __restrict__ probs, const float* __restrict__ z_terms, int N, int E,
-                           float* __restrict__ partials) {
-  __shared__ float lane_sums[kSumThreads];
-  const int C = E + 1;
-  const int lanes = C >= kSumThreads ? 1 : kSumThreads / C;
-  const int r0 = blockIdx.x * kSumRows, r1 = min(N, r0 + kSumRows);
-  for (int c0 = 0; c0 < C; c0 += kSumThreads) {
-    const int rl = threadIdx.x / min(C, kSumThreads), c = c0 + threadIdx.x % min(C, kSumThreads);
-    float s = 0.f;
-    if (rl < lanes && c < C)
-      for (int r = r0 + rl; r < r1; r += lanes) s += c < E ? probs[int64_t(r) * E + c] : z_terms[r];
-    lane_sums[threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.x < min(C - c0, kSumThreads)) {
-      const int w = min(C, kSumThreads);
-      float total = 0.f;
-      for (int l = 0; l < lanes; ++l) total += lane_sums[l * w + threadIdx.x];
-      partials[int64_t(blockIdx.x) * C + c0 + threadIdx.x] = total;
-    }
-    __syncthreads();
+  for (int c = threadIdx.x; c <= E; c += blockDim.x) {
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kTopkWarps; ++w) total += warp_sums[w * (E + 1) + c];
+    sum_partials[int64_t(blockIdx.x) * (E + 1) + c] = total;
   }
 }
 
-// Pass 2, one warp per column: sums[c] = the sum over chunks of partials[:, c] and, for c < E, counts[c]
-// the sum over the top-k kernel's blocks. Lanes stride the rows, then a warp sum: a fixed order.
-__global__ void router_finalize_kernel(const float* __restrict__ partials, int chunks, int C,
-                                       const int32_t* __restrict__ count_partials, int count_blocks,
-                                       float* __restrict__ sums, int32_t* __restrict__ counts) {
+// One warp per column: sums[c] = the sum over blocks of partials[:, c] and, for c < E, counts[c] the
+// sum of the count partials. Lanes stride the blocks, then a warp sum: a fixed order.
+__global__ void router_finalize_kernel(const float* __restrict__ partials, int blocks, int C,
+                                       const int32_t* __restrict__ count_partials, float* __restrict__ sums,
+                                       int32_t* __restrict__ counts) {
   const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (c >= C) return;  // warp-uniform
   float s = 0.f;
-  for (int b = lane; b < chunks; b += 32) s += partials[int64_t(b) * C + c];
+  for (int b = lane; b < blocks; b += 32) s += partials[int64_t(b) * C + c];
   s = warp_sum(s);
   if (lane == 0) sums[c] = s;
   if (c == C - 1) return;  // column E is the z-loss sum: no count
   int n = 0;
-  for (int b = lane; b < count_blocks; b += 32) n += count_partials[int64_t(b) * (C - 1) + c];
+  for (int b = lane; b < blocks; b += 32) n += count_partials[int64_t(b) * (C - 1) + c];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
   if (lane == 0) counts[c] = n;
@@ -215,16 +211,15 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
                         const Tensor& balance_loss, const Tensor& z_loss) {
   const int N = int(logits.dim(0)), E = int(logits.dim(1)), k = int(o.top_k);
   Arena& arena = arena_for(logits.device());
-  const int chunks = int(ceil_div(N, kSumRows));
-  auto* z_terms = static_cast<float*>(arena.alloc_bytes(size_t(N) * sizeof(float)));
-  auto* partials = static_cast<float*>(arena.alloc_bytes(size_t(chunks) * size_t(E + 1) * sizeof(float)));
+  const int blocks = int(std::clamp<int64_t>(ceil_div(N, kTopkWarps), 1, kTopkBlocks));
+  const size_t smem = size_t(E + kTopkWarps * (E + 1)) * sizeof(float);  // 36 KiB at 1024 experts
+  auto* sum_partials = static_cast<float*>(arena.alloc_bytes(size_t(blocks) * size_t(E + 1) * sizeof(float)));
+  auto* count_partials = static_cast<int32_t*>(arena.alloc_bytes(size_t(blocks) * size_t(E) * sizeof(int32_t)));
   auto* sums = static_cast<float*>(arena.alloc_bytes(size_t(E + 1) * sizeof(float)));
-  const int topk_blocks = int(std::min<int64_t>(ceil_div(N, kTopkWarps), int64_t(sm_count()) * kTopkBlocksPerSm));
-  auto* count_partials = static_cast<int32_t*>(arena.alloc_bytes(size_t(topk_blocks) * size_t(E) * sizeof(int32_t)));
   auto topk = [&](auto per_lane) {
-    router_topk_kernel<decltype(per_lane)::value><<<topk_blocks, kTopkWarps * 32, 0, stream()>>>(
+    router_topk_kernel<decltype(per_lane)::value><<<blocks, kTopkWarps * 32, smem, stream()>>>(
         logits.data_as<float>(), N, E, k, o.renormalize, probs.data_as<float>(), lse.data_as<float>(),
-        weights.data_as<float>(), experts.data_as<int32_t>(), z_terms, count_partials);
+        weights.data_as<float>(), experts.data_as<int32_t>(), count_partials, sum_partials);
   };
   static_assert(ops::kMoeMaxExperts <= 32 * 32, "at most 32 router values per lane");
   using std::integral_constant;
@@ -235,10 +230,8 @@ void moe_router_forward(const Tensor& logits, const ops::MoeRouterOptions& o, co
   else if (E <= 512) topk(integral_constant<int, 16>{});
   else topk(integral_constant<int, 32>{});
   UM_CUDA_LAUNCHED();
-  router_partials_kernel<<<chunks, kSumThreads, 0, stream()>>>(probs.data_as<float>(), z_terms, N, E, partials);
-  UM_CUDA_LAUNCHED();
-  router_finalize_kernel<<<ceil_div(E + 1, 8), 256, 0, stream()>>>(partials, chunks, E + 1, count_partials,
-                                                                      topk_blocks, sums, counts.data_as<int32_t>());
+  router_finalize_kernel<<<ceil_div(E + 1, 8), 256, 0, stream()>>>(sum_partials, blocks, E + 1, count_partials, sums,
+                                                                      counts.data_as<int32_t>());
   UM_CUDA_LAUNCHED();
   router_losses_kernel<<<1, 32, 0, stream()>>>(counts.data_as<int32_t>(), sums, N, E, k, float(o.balance_weight),
                                                float(o.z_weight), balance_loss.data_as<float>(),

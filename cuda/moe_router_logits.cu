@@ -17,18 +17,21 @@ namespace {
 
 int64_t padded_experts(int64_t E) { return (E + 7) / 8 * 8; }
 
+// One thread per (t, e < Ep): both halves of the split (one element per thread and a division per
+// element took 8.5 us at 16k x 64 on an H200).
 __global__ void split_hi_lo_kernel(const float* __restrict__ g, int64_t N, int E, int Ep, bf16* __restrict__ G) {
-  const int64_t n = N * 2 * Ep;
+  const int64_t n = N * Ep;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / (2 * Ep);
-    const int c = int(i - t * 2 * Ep), e = c < Ep ? c : c - Ep;
-    float v = 0.f;
+    const int64_t t = i / Ep;
+    const int e = int(i - t * Ep);
+    float hi = 0.f, lo = 0.f;
     if (e < E) {
       const float x = g[t * E + e];
-      const bf16 hi = __float2bfloat16(x);
-      v = c < Ep ? __bfloat162float(hi) : x - __bfloat162float(hi);
+      hi = __bfloat162float(__float2bfloat16(x));
+      lo = x - hi;
     }
-    G[i] = __float2bfloat16(v);
+    G[t * 2 * Ep + e] = __float2bfloat16(hi);
+    G[t * 2 * Ep + Ep + e] = __float2bfloat16(lo);
   }
 }
 
@@ -58,7 +61,7 @@ void moe_router_logits_backward(const Tensor& x, const Tensor& W, const Tensor& 
   }
   const Device dev = x.device();
   Tensor G = alloc_activation(Shape{N, 2 * Ep}, DType::bf16, dev);
-  split_hi_lo_kernel<<<std::min<unsigned>(ceil_div(N * 2 * Ep, 256), unsigned(sm_count()) * 16u), 256, 0, stream()>>>(
+  split_hi_lo_kernel<<<std::min<unsigned>(ceil_div(N * Ep, 256), unsigned(sm_count()) * 16u), 256, 0, stream()>>>(
       dlogits.data_as<float>(), N, int(E), int(Ep), G.data_as<bf16>());
   UM_CUDA_LAUNCHED();
   if (dx) {
