@@ -61,6 +61,12 @@ if [[ $STEPS == *profile* ]]; then
   prof dense-3264 "top-8 of 64" auto dense
   prof top8of64-sm90 "top-8 of 64" auto moe
   prof top2of8-h1632-sm90 "h 1632" auto moe
+  # Where the sm90 GEMMs of the 64-expert layer stand: tensor pipe busy, DRAM and L2 throughput, clock.
+  /usr/local/cuda/bin/ncu --profile-from-start off --clock-control none -k regex:gemm_kernel --csv --metrics \
+    gpu__time_duration.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,sm__cycles_elapsed.avg.per_second \
+    ./build-gpu/bench/bench-moe --case "top-8 of 64" --mode auto --profile moe --layer-only --reps 1 --warmup 1 \
+    > /tmp/prof-sm90-metrics.csv 2> /tmp/prof-sm90-metrics.log
+  python3 bench/ncu_metrics.py /tmp/prof-sm90-metrics.csv | tee -a "$OUT/breakdown.md"
   tar czf "$OUT/profiles.tgz" -C /tmp $(cd /tmp && ls prof-*.csv prof-*.log 2>/dev/null)
 fi
 if [[ $STEPS == *e2e* ]]; then
