@@ -46,7 +46,7 @@ __global__ void scale_rows_backward_kernel(const T* __restrict__ x, const float*
   }
 }
 
-static unsigned grid_for(int64_t n) { return std::min<unsigned>(ceil_div(n, 256), 132u * 16u); }
+static unsigned grid_for(int64_t n) { return std::min<unsigned>(ceil_div(n, 256), unsigned(sm_count()) * 16u); }
 
 void scale_rows_forward(const Tensor& x, const Tensor& s, const Tensor& y) {
   const int64_t n = x.numel();
@@ -62,7 +62,7 @@ void scale_rows_backward(const Tensor& x, const Tensor& s, const Tensor& dy, con
   const int64_t rows = x.dim(0);
   if (!rows || !x.numel()) return;
   UM_DISPATCH_ACT(x.dtype(), T, {
-    scale_rows_backward_kernel<<<unsigned(std::min<int64_t>(ceil_div(rows, 8), 132 * 16)), 256, 0, stream()>>>(
+    scale_rows_backward_kernel<<<unsigned(std::min<int64_t>(ceil_div(rows, 8), int64_t(sm_count()) * 16)), 256, 0, stream()>>>(
         x.data_as<T>(), s.data_as<float>(), dy.data_as<T>(), dx ? dx.grad.data_as<T>() : nullptr, dx.accumulate,
         ds ? ds.grad.data_as<float>() : nullptr, ds.accumulate, rows, x.dim(1));
   });
