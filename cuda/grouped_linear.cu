@@ -271,8 +271,9 @@ bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, cons
   const int tiles = sm90::swiglu_backward_n_tiles(in);
   auto* partial = static_cast<float*>(arena_for(a.device()).alloc_bytes(size_t(tiles * rows) * sizeof(float)));
   // Rows outside every group get no partial sums: zeros, so their ds is 0 (where the groups cover every
-  // row, the kernel writes all of them).
-  if (!groups.covers(rows)) UM_CUDA(cudaMemsetAsync(partial, 0, size_t(tiles * rows) * sizeof(float), stream()));
+  // row the kernel writes all of them, and without ds nobody reads them).
+  if (ds && !groups.covers(rows))
+    UM_CUDA(cudaMemsetAsync(partial, 0, size_t(tiles * rows) * sizeof(float), stream()));
   sm90::grouped_gemm_rows_swiglu_backward(dy.data_as<bf16>(), W.data_as<bf16>(), h.data_as<bf16>(), s.data_as<float>(),
                                           dh.grad.data_as<bf16>(), partial, rows, in, out, groups);
   if (ds && rows > 0) {

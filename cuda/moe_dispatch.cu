@@ -3,7 +3,8 @@
 // Plan: keys[a] = experts[a] (an out-of-range id becomes E and raises the error flag), values = a;
 // cub::DeviceRadixSort::SortPairs over the bits that hold E (stable: within an expert the assignments
 // stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e), written by
-// the sorted position where expert e's range starts; row_of[sorted[r]] = r (or -1 beyond the capacity). Then the E + 1 offsets (and
+// the first sorted position whose key is >= e (plan_offsets_kernel); row_of[sorted[r]] = r (or -1 beyond
+// the capacity). Then the E + 1 offsets (and
 // the error flag) are copied into pinned host memory and an event recorded; moe_plan_build_finish waits for
 // that event (the one synchronisation of the layer, overlapped with whatever was queued after the copy).
 // Permute and its backward (which are also the combine's backward and forward): one warp per row or

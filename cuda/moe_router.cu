@@ -89,8 +89,8 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
 
 // Grid-stride warps over tokens. Block b's assignment counts go to count_partials[b, :] (E of them) and
 // its column sums of [probs | lse^2] to sum_partials[b, :] (E + 1): each warp sums its tokens in order,
-// then the block adds its warps in order. The grid is a function of N alone (not of the GPU), so the
-// sums' order, and their bits, are the same on every device.
+// then the block adds its warps in order. The grid is a function of N alone (not of the GPU's SM count),
+// so the sums' order is too.
 template <int V>
 __global__ void __launch_bounds__(kTopkWarps * 32)
     router_topk_kernel(const float* __restrict__ logits, int N, int E, int k, bool renormalize,

@@ -408,9 +408,11 @@ TEST_CASE("moe router CUDA matches CPU, deterministic", "[gpu][moe]") {
     int64_t N, E, k;
     bool renorm;
   };
-  // E from 5 to 1024 covers every register width of the top-k kernel (1 to 32 values per lane).
+  // E from 5 to 1024 covers every register width of the top-k kernel (1 to 32 values per lane); N 20000
+  // fills its 1,024-block grid, so each warp sums several tokens into the column sums.
   for (Case c : {Case{1001, 8, 2, false}, Case{777, 64, 8, true}, Case{33, 5, 5, false}, Case{4097, 64, 8, false},
-                 Case{300, 100, 16, true}, Case{200, 257, 4, false}, Case{65, 1024, 8, false}}) {
+                 Case{300, 100, 16, true}, Case{200, 257, 4, false}, Case{65, 1024, 8, false},
+                 Case{20000, 64, 8, false}}) {
     INFO("N " << c.N << " E " << c.E << " k " << c.k << " renorm " << c.renorm);
     ops::MoeRouterOptions o{c.k, c.renorm, 0.01, 0.001};
     Tensor logits = separated_logits(c.N, c.E, DType::f32, 60, 0.2);
@@ -582,7 +584,19 @@ TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, 
   CHECK_THROWS_WITH(ops::moe_plan_finish(first), Catch::Contains("abandoned"));
   ops::moe_plan_finish(second);
   CHECK(second.counts == ops::moe_plan(experts_tensor(ids, N, k, dev), E).counts);
+  // Empty experts at both ends (ids 2 to E - 3): the offsets before the first id and after the last, as the CPU.
+  std::vector<int64_t> middle(size_t(N * k));
+  for (auto& id : middle) id = 2 + int64_t(rng() % uint64_t(E - 4));
+  const ops::MoePlan on_gpu = ops::moe_plan(experts_tensor(middle, N, k, dev), E);
+  const ops::MoePlan on_cpu = ops::moe_plan(experts_tensor(middle, N, k, Device::cpu()), E);
+  CHECK(on_gpu.counts == on_cpu.counts);
+  CHECK(on_gpu.groups.start == on_cpu.groups.start);
+  CHECK(on_gpu.groups.size == on_cpu.groups.size);
+  CHECK(on_gpu.row_of.to_ints() == on_cpu.row_of.to_ints());
+  CHECK(on_gpu.sorted_assignment.to_ints() == on_cpu.sorted_assignment.to_ints());
+  CHECK((on_gpu.counts[0] == 0 && on_gpu.counts[1] == 0 && on_gpu.counts[size_t(E - 1)] == 0));
   arena_for(dev).reset();
+  arena_for(Device::cpu()).reset();
 }
 
 TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empty groups, gaps, accumulate", "[gpu][moe]") {
