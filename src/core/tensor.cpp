@@ -222,4 +222,10 @@ void check_dtype(const Tensor& t, DType expected, const char* what) {
   if (t.dtype() != expected) throw Error(what, std::string("dtype ") + dtype_name(expected), t.desc());
 }
 
+void check_tensor(const Tensor& t, const Shape& shape, DType dtype, const Tensor& like, const char* what) {
+  check_shape(t, shape, what);
+  check_dtype(t, dtype, what);
+  check_same_device(like, t, what);
+}
+
 }  // namespace um

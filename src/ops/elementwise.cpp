@@ -20,9 +20,7 @@ static void check_scale(const Tensor& x, const Tensor& s, const char* op) {
 
 void scale_rows_forward(const Tensor& x, const Tensor& s, const Tensor& y) {
   check_scale(x, s, "scale_rows");
-  check_shape(y, x.shape(), "scale_rows: y");
-  check_dtype(y, x.dtype(), "scale_rows: y");
-  check_same_device(x, y, "scale_rows: y");
+  check_tensor(y, x.shape(), x.dtype(), x, "scale_rows: y");
   UM_DISPATCH_DEVICE(x, scale_rows_forward, x, s, y);
 }
 

@@ -51,22 +51,16 @@ static void check_weight_grad(const GradSlot& g, const Tensor& W) {
 
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y) {
   check_groups(x, W, groups, "grouped_linear");
-  check_shape(y, Shape{x.dim(0), W.dim(1)}, "grouped_linear: y");
-  check_dtype(y, x.dtype(), "grouped_linear: y");
-  check_same_device(x, y, "grouped_linear: y");
+  check_tensor(y, Shape{x.dim(0), W.dim(1)}, x.dtype(), x, "grouped_linear: y");
   UM_DISPATCH_DEVICE(x, grouped_linear_forward, x, W, groups, y);
 }
 
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW) {
   check_groups(x, W, groups, "grouped_linear backward");
-  check_shape(dy, Shape{x.dim(0), W.dim(1)}, "grouped_linear backward: dy");
-  check_dtype(dy, x.dtype(), "grouped_linear backward: dy");
-  check_same_device(x, dy, "grouped_linear backward: dy");
+  check_tensor(dy, Shape{x.dim(0), W.dim(1)}, x.dtype(), x, "grouped_linear backward: dy");
   if (dx) {
-    check_shape(dx.grad, x.shape(), "grouped_linear backward: dx");
-    check_dtype(dx.grad, x.dtype(), "grouped_linear backward: dx");
-    check_same_device(x, dx.grad, "grouped_linear backward: dx");
+    check_tensor(dx.grad, x.shape(), x.dtype(), x, "grouped_linear backward: dx");
   }
   check_weight_grad(dW, W);
   UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
@@ -82,18 +76,12 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
   check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
   check_same_device(h, a, "swiglu_grouped_linear backward: h");
   check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear backward: s");
-  check_shape(dy, Shape{a.dim(0), W.dim(1)}, "swiglu_grouped_linear backward: dy");
-  check_dtype(dy, a.dtype(), "swiglu_grouped_linear backward: dy");
-  check_same_device(a, dy, "swiglu_grouped_linear backward: dy");
+  check_tensor(dy, Shape{a.dim(0), W.dim(1)}, a.dtype(), a, "swiglu_grouped_linear backward: dy");
   if (dh) {
-    check_shape(dh.grad, h.shape(), "swiglu_grouped_linear backward: dh");
-    check_dtype(dh.grad, h.dtype(), "swiglu_grouped_linear backward: dh");
-    check_same_device(h, dh.grad, "swiglu_grouped_linear backward: dh");
+    check_tensor(dh.grad, h.shape(), h.dtype(), h, "swiglu_grouped_linear backward: dh");
   }
   if (ds) {
-    check_shape(ds.grad, s.shape(), "swiglu_grouped_linear backward: ds");
-    check_dtype(ds.grad, s.dtype(), "swiglu_grouped_linear backward: ds");
-    check_same_device(s, ds.grad, "swiglu_grouped_linear backward: ds");
+    check_tensor(ds.grad, s.shape(), s.dtype(), s, "swiglu_grouped_linear backward: ds");
   }
   check_weight_grad(dW, W);
   if (!dh && !ds && !dW) return;

@@ -73,9 +73,7 @@ void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const T
     check_same_device(x, pre, "linear_backward: pre");
   }
   if (dx) {
-    check_shape(dx.grad, x.shape(), "linear_backward: dx");
-    check_dtype(dx.grad, x.dtype(), "linear_backward: dx");
-    check_same_device(x, dx.grad, "linear_backward: dx");
+    check_tensor(dx.grad, x.shape(), x.dtype(), x, "linear_backward: dx");
   }
   check_param_grad(dW, W, W.shape(), "linear_backward: dW");
   check_param_grad(db, W, Shape{W.dim(0)}, "linear_backward: db");

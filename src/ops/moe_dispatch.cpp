@@ -63,9 +63,7 @@ void moe_plan_build(const Tensor& experts, MoePlan& plan) {
 void moe_permute_forward(const Tensor& x, const MoePlan& plan, const Tensor& xs) {
   check_plan(plan, "moe_permute");
   check_rows(x, plan.tokens, "moe_permute: x");
-  check_shape(xs, Shape{plan.rows(), x.dim(1)}, "moe_permute: xs");
-  check_dtype(xs, x.dtype(), "moe_permute: xs");
-  check_same_device(x, xs, "moe_permute: xs");
+  check_tensor(xs, Shape{plan.rows(), x.dim(1)}, x.dtype(), x, "moe_permute: xs");
   check_same_device(x, plan.row_of, "moe_permute: plan");
   UM_DISPATCH_DEVICE(x, moe_permute_forward, x, plan, xs);
 }
@@ -74,18 +72,14 @@ void moe_permute_backward(const Tensor& dxs, const MoePlan& plan, const GradSlot
   check_plan(plan, "moe_permute backward");  // row_of only: the permute's tape node holds the in-flight plan
   check_rows(dxs, plan.rows(), "moe_permute backward: dxs");
   if (!dx) return;
-  check_shape(dx.grad, Shape{plan.tokens, dxs.dim(1)}, "moe_permute backward: dx");
-  check_dtype(dx.grad, dxs.dtype(), "moe_permute backward: dx");
-  check_same_device(dxs, dx.grad, "moe_permute backward: dx");
+  check_tensor(dx.grad, Shape{plan.tokens, dxs.dim(1)}, dxs.dtype(), dxs, "moe_permute backward: dx");
   UM_DISPATCH_DEVICE(dxs, moe_permute_backward, dxs, plan, dx);
 }
 
 void moe_row_weights_forward(const Tensor& weights, const MoePlan& plan, const Tensor& w) {
   check_plan(plan, "moe_row_weights");
   check_shape(weights, Shape{plan.tokens, plan.top_k}, "moe_row_weights: weights");
-  check_shape(w, Shape{plan.rows()}, "moe_row_weights: w");
-  check_dtype(w, weights.dtype(), "moe_row_weights: w");
-  check_same_device(weights, w, "moe_row_weights: w");
+  check_tensor(w, Shape{plan.rows()}, weights.dtype(), weights, "moe_row_weights: w");
   check_same_device(weights, plan.row_of, "moe_row_weights: plan");
   UM_DISPATCH_DEVICE(weights, moe_row_weights_forward, weights, plan, w);
 }
@@ -94,9 +88,7 @@ void moe_row_weights_backward(const Tensor& dw, const MoePlan& plan, const GradS
   check_plan(plan, "moe_row_weights backward");
   check_shape(dw, Shape{plan.rows()}, "moe_row_weights backward: dw");
   if (!dweights) return;
-  check_shape(dweights.grad, Shape{plan.tokens, plan.top_k}, "moe_row_weights backward: dweights");
-  check_dtype(dweights.grad, dw.dtype(), "moe_row_weights backward: dweights");
-  check_same_device(dw, dweights.grad, "moe_row_weights backward: dweights");
+  check_tensor(dweights.grad, Shape{plan.tokens, plan.top_k}, dw.dtype(), dw, "moe_row_weights backward: dweights");
   UM_DISPATCH_DEVICE(dw, moe_row_weights_backward, dw, plan, dweights);
 }
 

@@ -50,20 +50,14 @@ void moe_router_backward(const MoeRouterOptions& o, const Tensor& probs, const T
   const int64_t N = probs.dim(0), k = o.top_k;
   const DType dt = probs.dtype();
   if (dweights.defined()) {
-    check_shape(dweights, Shape{N, k}, "moe_router backward: dweights");
-    check_dtype(dweights, dt, "moe_router backward: dweights");
-    check_same_device(probs, dweights, "moe_router backward: dweights");
+    check_tensor(dweights, Shape{N, k}, dt, probs, "moe_router backward: dweights");
   }
   for (const Tensor* g : {&dbalance, &dz}) {
     if (!g->defined()) continue;
-    check_shape(*g, Shape{1}, "moe_router backward: loss gradient");
-    check_dtype(*g, dt, "moe_router backward: loss gradient");
-    check_same_device(probs, *g, "moe_router backward: loss gradient");
+    check_tensor(*g, Shape{1}, dt, probs, "moe_router backward: loss gradient");
   }
   if (!dlogits) return;
-  check_shape(dlogits.grad, probs.shape(), "moe_router backward: dlogits");
-  check_dtype(dlogits.grad, dt, "moe_router backward: dlogits");
-  check_same_device(probs, dlogits.grad, "moe_router backward: dlogits");
+  check_tensor(dlogits.grad, probs.shape(), dt, probs, "moe_router backward: dlogits");
   UM_DISPATCH_DEVICE(probs, moe_router_backward, o, probs, lse, weights, experts, counts, dweights, dbalance, dz,
                      dlogits);
 }

@@ -31,13 +31,9 @@ void moe_router_logits_forward(const Tensor& x, const Tensor& W, const Tensor& l
 void moe_router_logits_backward(const Tensor& x, const Tensor& W, const Tensor& dlogits, const GradSlot& dx,
                                 const GradSlot& dW) {
   check_inputs(x, W, "moe_router_logits backward");
-  check_shape(dlogits, Shape{x.dim(0), W.dim(0)}, "moe_router_logits backward: dlogits");
-  check_dtype(dlogits, logits_dtype(x), "moe_router_logits backward: dlogits");
-  check_same_device(x, dlogits, "moe_router_logits backward: dlogits");
+  check_tensor(dlogits, Shape{x.dim(0), W.dim(0)}, logits_dtype(x), x, "moe_router_logits backward: dlogits");
   if (dx) {
-    check_shape(dx.grad, x.shape(), "moe_router_logits backward: dx");
-    check_dtype(dx.grad, x.dtype(), "moe_router_logits backward: dx");
-    check_same_device(x, dx.grad, "moe_router_logits backward: dx");
+    check_tensor(dx.grad, x.shape(), x.dtype(), x, "moe_router_logits backward: dx");
   }
   if (dW) {
     check_shape(dW.grad, W.shape(), "moe_router_logits backward: dW");

@@ -121,5 +121,7 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
 void check_shape(const Tensor& t, const Shape& expected, const char* what);
 void check_same_device(const Tensor& a, const Tensor& b, const char* what);
 void check_dtype(const Tensor& t, DType expected, const char* what);
+// All three for one tensor: t has this shape and dtype and lives on like's device.
+void check_tensor(const Tensor& t, const Shape& shape, DType dtype, const Tensor& like, const char* what);
 
 }  // namespace um
