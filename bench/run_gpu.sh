@@ -74,6 +74,11 @@ if [[ $STEPS == *e2e* ]]; then
   ./build-gpu/bench/bench-train configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 | tee "$OUT/bench-train.txt" | tail -6
   PYTHONUNBUFFERED=1 python3 bench/torch_reference.py configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 \
     | tee "$OUT/torch-reference.txt" | tail -3
+  log "end-to-end MoE top-2 of 8, expert hidden 4992, 8 x 2048 (DESIGN.md's PyTorch eager MoE figure)"
+  ./build-gpu/bench/bench-train configs/moe-top2-of-8.json --batch 8 --seq 2048 --steps 10 --set model.moe_hidden=4992 \
+    2>&1 | tee "$OUT/bench-train-moe.txt" | tail -3
+  PYTHONUNBUFFERED=1 python3 bench/torch_reference.py configs/moe-top2-of-8.json --batch 8 --seq 2048 --steps 10 \
+    --no-compile --set moe_hidden=4992 2>&1 | tee "$OUT/torch-reference-moe.txt" | tail -3
   log "tiny-cpu config trained on the GPU"
   ./build-gpu/ultramem-train configs/tiny-cpu.json --set train.out_dir=/tmp/tiny-gpu 2>&1 | tail -8 | tee "$OUT/tiny-gpu.txt"
 fi

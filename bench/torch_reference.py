@@ -1,10 +1,14 @@
-"""PyTorch reference of ultramem's dense transformer, for side-by-side throughput on the same GPU.
+"""PyTorch reference of ultramem's transformer, for side-by-side throughput on the same GPU.
 
 Builds the model a config's "model" section describes (the same architecture choices ultramem
-implements: LayerNorm/RMSNorm, learned/RoPE positions, GELU(tanh)/SwiGLU MLP, tied head, biases),
-trains it on random tokens with bf16 autocast, fused AdamW and torch.compile, and prints one JSON line
-with tokens/s, MFU and peak memory. Usage:
+implements: LayerNorm/RMSNorm, learned/RoPE positions, GELU(tanh)/SwiGLU MLP or "ffn": "moe" with the
+eager MoE layer of bench/torch_moe.py (router, top-k, a loop over experts, balance and z-losses added to
+the loss), tied head, biases), trains it on random tokens with bf16 autocast, fused AdamW and
+torch.compile (--no-compile: eager, which the MoE loop's data-dependent shapes want), and prints one
+JSON line with tokens/s, MFU (active FLOPs) and peak memory. --set model_key=value overrides the config
+as ultramem's --set model.key=value does. Usage:
   python3 bench/torch_reference.py configs/gpt2-124m.json --batch 32 --seq 1024 --steps 30
+  python3 bench/torch_reference.py configs/moe-top2-of-8.json --batch 8 --seq 2048 --no-compile --set moe_hidden=4992
 """
 import argparse
 import json
@@ -14,6 +18,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_moe import MoE
 
 
 class Norm(nn.Module):
@@ -54,10 +60,19 @@ class Block(nn.Module):
         self.attn_out = nn.Linear(d, d, bias=bias)
         hidden = m["mlp_hidden"]
         self.swiglu = m.get("mlp_act", "gelu") == "swiglu"
-        self.ff_proj = nn.Linear(d, 2 * hidden if self.swiglu else hidden, bias=bias)
-        self.ff_out = nn.Linear(hidden, d, bias=bias)
+        self.moe = None
+        if m.get("ffn", "mlp") == "moe":
+            assert self.swiglu, "the PyTorch MoE reference has SwiGLU experts"
+            assert not m.get("moe_renormalize", False) and not m.get("moe_capacity_factor", 0) and \
+                not m.get("moe_shared_expert_hidden", 0), "the PyTorch MoE reference: dropless, no renormalisation, no shared expert"
+            self.moe = MoE(d, m["moe_num_experts"], m["moe_top_k"], m.get("moe_hidden", 0) or hidden,
+                           m.get("moe_loss_weight", 0.01), m.get("moe_zloss_weight", 0.001))
+        else:
+            self.ff_proj = nn.Linear(d, 2 * hidden if self.swiglu else hidden, bias=bias)
+            self.ff_out = nn.Linear(hidden, d, bias=bias)
 
     def forward(self, x):
+        """Returns the block's output and its auxiliary loss (0 without MoE)."""
         B, T, _ = x.shape
         qkv = self.att_proj(self.attn_norm(x))
         q, k, v = qkv.split([self.h * self.hd, self.hkv * self.hd, self.hkv * self.hd], -1)
@@ -68,13 +83,16 @@ class Block(nn.Module):
             q, k = rope(q, self.m.get("rope_theta", 1e4)), rope(k, self.m.get("rope_theta", 1e4))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.hkv != self.h)
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, -1))
+        if self.moe is not None:
+            out, aux = self.moe(self.ff_norm(x).reshape(B * T, -1))
+            return x + out.view(B, T, -1), aux
         h = self.ff_proj(self.ff_norm(x))
         if self.swiglu:
             g, u = h.chunk(2, -1)
             h = F.silu(g) * u
         else:
             h = F.gelu(h, approximate="tanh")
-        return x + self.ff_out(h)
+        return x + self.ff_out(h), x.new_zeros((), dtype=torch.float32)
 
 
 class Model(nn.Module):
@@ -94,11 +112,20 @@ class Model(nn.Module):
         x = self.wte(ids)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(ids.shape[1], device=ids.device))
+        aux = 0.0
         for b in self.blocks:
-            x = b(x)
+            x, a = b(x)
+            aux = aux + a
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight if self.head is None else self.head.weight)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1)) + aux
+
+
+# The model keys this reference reads (the rest of a config's model section, e.g. init, is ultramem's own).
+MODELLED_KEYS = {"vocab_size", "valid_vocab", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "norm",
+                 "norm_eps", "norm_affine", "pos_encoding", "rope_theta", "mlp_act", "mlp_hidden", "bias",
+                 "tie_embeddings", "init_std", "ffn", "moe_num_experts", "moe_top_k", "moe_hidden", "moe_loss_weight",
+                 "moe_zloss_weight"}
 
 
 def flops_per_token(m, T):
@@ -106,8 +133,13 @@ def flops_per_token(m, T):
     h = m["n_heads"]
     hkv = m.get("n_kv_heads", 0) or h
     qkv = (h + 2 * hkv) * (d // h)
-    mlp_in = 2 * m["mlp_hidden"] if m.get("mlp_act", "gelu") == "swiglu" else m["mlp_hidden"]
-    per_layer = d * qkv + d * d + d * mlp_in + m["mlp_hidden"] * d
+    if m.get("ffn", "mlp") == "moe":  # the active experts' SwiGLU MLPs and the router
+        he = m.get("moe_hidden", 0) or m["mlp_hidden"]
+        ffn = m["moe_top_k"] * 3 * d * he + d * m["moe_num_experts"]
+    else:
+        mlp_in = 2 * m["mlp_hidden"] if m.get("mlp_act", "gelu") == "swiglu" else m["mlp_hidden"]
+        ffn = d * mlp_in + m["mlp_hidden"] * d
+    per_layer = d * qkv + d * d + ffn
     return 6 * (L * per_layer + m["vocab_size"] * d) + 12 * L * d * T
 
 
@@ -119,8 +151,17 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model key")
     args = ap.parse_args()
     m = json.load(open(args.config))["model"]
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in MODELLED_KEYS:
+            raise SystemExit(f"--set {kv}: the PyTorch reference models no key {key!r} (it models {sorted(MODELLED_KEYS)})")
+        try:
+            m[key] = json.loads(value)
+        except json.JSONDecodeError:
+            m[key] = value
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = Model(m).cuda()
