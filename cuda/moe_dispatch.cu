@@ -1,20 +1,23 @@
 // CUDA MoE dispatch.
 //
-// Plan: keys[a] = experts[a] (an out-of-range id becomes E and raises the error flag), values = a;
-// cub::DeviceRadixSort::SortPairs over the bits that hold E (stable: within an expert the assignments
-// stay ascending, the CPU's counting-sort order); offsets[e] = lower_bound(sorted keys, e), written by
-// the first sorted position whose key is >= e (plan_offsets_kernel); row_of[sorted[r]] = r (or -1 beyond
-// the capacity). Then the E + 1 offsets (and
-// the error flag) are copied into pinned host memory and an event recorded; moe_plan_build_finish waits for
-// that event (the one synchronisation of the layer, overlapped with whatever was queued after the copy).
+// Plan: a stable counting sort of the assignments by expert id, in three passes over warp chunks of
+// kPlanChunk assignments (E <= ops::kMoeMaxExperts, the router's bound): each warp counts its chunk per
+// bucket (the expert id, E for an out-of-range one, whose first position also goes to the error flag);
+// a warp per bucket prefixes its chunks' counts in chunk order (each chunk's start within its bucket,
+// and the bucket's total); each block of the last pass turns the totals into the buckets' offsets
+// (offsets[e] = the assignments of lower ids), and each of its warps walks its chunk in order, ranking
+// equal ids within each 32 with a warp match, and writes sorted[r] = a and row_of[a] = r (-1 beyond the
+// capacity or for a bad id). Within an expert the assignments stay ascending: the CPU's counting-sort
+// order. Then the E + 1 offsets (and the error flag) are copied into pinned host memory and an event
+// recorded; moe_plan_build_finish waits for that event (the one synchronisation of the layer, overlapped
+// with whatever was queued after the copy).
 // Permute and its backward (which are also the combine's backward and forward): one warp per row or
 // token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32
 // sums in a fixed slot order. No float atomics: bitwise reproducible.
-#include <cub/device/device_radix_sort.cuh>
-
 #include "common.cuh"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/moe_dispatch.h"
+#include "ultramem/ops/moe_router.h"
 
 namespace um::cuda {
 namespace {
@@ -22,35 +25,124 @@ namespace {
 constexpr int kWarps = 8;  // warps per block of the row kernels
 constexpr unsigned long long kNoBad = ~0ull;
 
-__global__ void plan_keys_kernel(const int32_t* __restrict__ experts, int A, int E, uint32_t* __restrict__ keys,
-                                 int32_t* __restrict__ values, unsigned long long* bad) {
-  for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < A; a += gridDim.x * blockDim.x) {
-    const int32_t e = experts[a];
-    const bool ok = e >= 0 && e < E;
-    keys[a] = ok ? uint32_t(e) : uint32_t(E);
-    values[a] = a;
-    if (!ok) atomicMin(bad, (unsigned long long)a);
+// The counting sort's unit: each warp owns kPlanChunk consecutive assignments; blocks of kWarps warps.
+constexpr int kPlanChunk = 256;
+
+// Pass 1: warp u counts its chunk per bucket (e, or E for a bad id) into counts[bucket][u] (bucket-major,
+// so pass 2 reads each bucket's chunks contiguously). Shared memory: a histogram per warp, E + 1 each.
+__global__ void __launch_bounds__(kWarps * 32)
+    plan_count_kernel(const int32_t* __restrict__ experts, int A, int E, int chunks, int32_t* __restrict__ counts,
+                      unsigned long long* bad) {
+  extern __shared__ int32_t plan_hist[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = blockIdx.x * kWarps + warp;
+  int32_t* hist = plan_hist + warp * (E + 1);
+  for (int c = lane; c <= E; c += 32) hist[c] = 0;
+  __syncwarp();
+  if (u < chunks) {
+    const int begin = u * kPlanChunk, end = min(A, begin + kPlanChunk);
+    int32_t ids[kPlanChunk / 32];  // all loads in flight before the first use
+#pragma unroll
+    for (int i = 0; i < kPlanChunk / 32; ++i) {
+      const int a = begin + lane + 32 * i;
+      ids[i] = a < end ? experts[a] : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < kPlanChunk / 32; ++i) {
+      const int a = begin + lane + 32 * i;
+      if (a >= end) break;
+      const bool ok = ids[i] >= 0 && ids[i] < E;
+      if (!ok) atomicMin(bad, (unsigned long long)a);
+      atomicAdd(&hist[ok ? ids[i] : E], 1);
+    }
   }
+  __syncwarp();
+  if (u < chunks)
+    for (int c = lane; c <= E; c += 32) counts[int64_t(c) * chunks + u] = hist[c];
 }
 
-// offsets[e] = first r with sorted_keys[r] >= e, for e in [0, E]: position r (0 <= r <= A) writes the
-// e in (sorted_keys[r - 1], sorted_keys[r]] (keys[-1] = -1, keys[A] = E), so each e is written once. (A
-// binary search per expert took 9.3 us for 131k keys on an H200: 17 dependent loads.)
-__global__ void plan_offsets_kernel(const uint32_t* __restrict__ sorted_keys, int A, int E, int32_t* __restrict__ offsets) {
-  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r <= A; r += gridDim.x * blockDim.x) {
-    const int lo = r == 0 ? -1 : int(sorted_keys[r - 1]), hi = r == A ? E : int(sorted_keys[r]);
-    for (int e = lo + 1; e <= hi; ++e) offsets[e] = r;
+// Pass 2: one warp per bucket c, over its chunks in order 32 at a time (a coalesced load, a warp scan and
+// a carry): starts[c][u] = the bucket's assignments in chunks before u, totals[c] = all of them.
+__global__ void __launch_bounds__(kWarps * 32)
+    plan_scan_kernel(const int32_t* __restrict__ counts, int E, int chunks, int32_t* __restrict__ starts,
+                     int32_t* __restrict__ totals) {
+  const int lane = threadIdx.x & 31, c = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (c > E) return;  // warp-uniform
+  const int32_t* col = counts + int64_t(c) * chunks;
+  int32_t* out = starts + int64_t(c) * chunks;
+  int carry = 0;
+  for (int u0 = 0; u0 < chunks; u0 += 32) {
+    const int u = u0 + lane;
+    const int v = u < chunks ? col[u] : 0;
+    int incl = v;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int w = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += w;
+    }
+    if (u < chunks) out[u] = carry + incl - v;
+    carry += __shfl_sync(0xffffffffu, incl, 31);
   }
+  if (lane == 0) totals[c] = carry;
 }
 
-__global__ void plan_rows_kernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted,
-                                 const int32_t* __restrict__ offsets, int A, int E, int capacity,
-                                 int32_t* __restrict__ row_of) {
-  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < A; r += gridDim.x * blockDim.x) {
-    const uint32_t e = sorted_keys[r];
-    if (e >= uint32_t(E)) continue;  // a bad id: the Error is raised after the kernel
-    const int rank = r - offsets[e];
-    row_of[sorted[r]] = capacity == 0 || rank < capacity ? r : -1;
+// Pass 3: each block first turns the totals into the buckets' offsets (offsets[c] = the assignments of
+// lower buckets; offsets[E] = the valid ones; block 0 also writes them out for the host). Then warp u
+// walks its chunk in order, 32 assignments at a time: equal buckets among the 32 are ranked by lane (a
+// warp match), after the bucket's earlier assignments (the warp's running counts, from pass 2).
+// sorted[r] = a for every assignment (a bad id's go after the valid ones); row_of[a] = r, or -1 past the
+// capacity or for a bad id.
+__global__ void __launch_bounds__(kWarps * 32)
+    plan_scatter_kernel(const int32_t* __restrict__ experts, int A, int E, int chunks, int capacity,
+                        const int32_t* __restrict__ starts, const int32_t* __restrict__ totals,
+                        int32_t* __restrict__ offsets_out, int32_t* __restrict__ sorted,
+                        int32_t* __restrict__ row_of) {
+  extern __shared__ int32_t plan_smem[];
+  int32_t* offsets = plan_smem;  // [E + 1], then the warps' running counts [kWarps][E + 1]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = blockIdx.x * kWarps + warp;
+  if (warp == 0) {  // the totals' exclusive prefix, 32 buckets at a time
+    int carry = 0;
+    for (int c0 = 0; c0 <= E; c0 += 32) {
+      const int c = c0 + lane;
+      const int v = c <= E ? totals[c] : 0;
+      int incl = v;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int w = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += w;
+      }
+      if (c <= E) {
+        offsets[c] = carry + incl - v;
+        if (blockIdx.x == 0) offsets_out[c] = carry + incl - v;
+      }
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+  }
+  __syncthreads();
+  if (u >= chunks) return;  // warp-uniform; no block-wide barrier follows
+  int32_t* run = plan_smem + (E + 1) * (1 + warp);
+  for (int c = lane; c <= E; c += 32) run[c] = offsets[c] + starts[int64_t(c) * chunks + u];
+  __syncwarp();
+  const int begin = u * kPlanChunk, end = min(A, begin + kPlanChunk);
+  int32_t ids[kPlanChunk / 32];  // all loads in flight before the first use
+#pragma unroll
+  for (int i = 0; i < kPlanChunk / 32; ++i) {
+    const int a = begin + lane + 32 * i;
+    ids[i] = a < end ? experts[a] : 0;
+  }
+#pragma unroll
+  for (int i = 0; i < kPlanChunk / 32; ++i) {
+    const int a = begin + lane + 32 * i;
+    if (begin + 32 * i >= end) break;  // warp-uniform
+    const bool live = a < end;
+    const unsigned active = __ballot_sync(0xffffffffu, live);
+    const int32_t bucket = live && ids[i] >= 0 && ids[i] < E ? ids[i] : E;
+    const unsigned peers = __match_any_sync(0xffffffffu, live ? bucket : -1) & active;
+    const int r = live ? run[bucket] + __popc(peers & ((1u << lane) - 1u)) : 0;
+    __syncwarp();
+    if (live) {
+      if ((peers & ((1u << lane) - 1u)) == 0) run[bucket] += __popc(peers);  // the group's first lane
+      sorted[r] = a;
+      row_of[a] = bucket < E && (capacity == 0 || r - offsets[bucket] < capacity) ? r : -1;
+    }
+    __syncwarp();
   }
 }
 
@@ -160,40 +252,33 @@ bool vectorizable(int d, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-int key_bits(int64_t n) {
-  int bits = 1;
-  while (bits < 32 && (uint64_t(n) >> bits) != 0) ++bits;
-  return bits;
-}
-
 }  // namespace
 
 void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   const int A = int(plan.rows()), E = int(plan.num_experts);
+  UM_CHECK(E <= int(ops::kMoeMaxExperts), detail::concat("moe_plan on the GPU: at most ", ops::kMoeMaxExperts, " experts"),
+           E);
   const int capacity = int(std::min<int64_t>(plan.capacity, INT32_MAX));
   Arena& arena = arena_for(experts.device());
   auto* offsets = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * sizeof(int32_t)));
   auto* bad = static_cast<unsigned long long*>(arena.alloc_bytes(sizeof(unsigned long long)));
   UM_CUDA(cudaMemsetAsync(bad, 0xff, sizeof(unsigned long long), stream()));
   if (A > 0) {
-    auto* keys = static_cast<uint32_t*>(arena.alloc_bytes(size_t(A) * sizeof(uint32_t)));
-    auto* sorted_keys = static_cast<uint32_t*>(arena.alloc_bytes(size_t(A) * sizeof(uint32_t)));
-    auto* values = static_cast<int32_t*>(arena.alloc_bytes(size_t(A) * sizeof(int32_t)));
-    int32_t* sorted = plan.sorted_assignment.data_as<int32_t>();
-    const int end_bit = key_bits(E);
-    size_t temp_bytes = 0;
-    UM_CUDA(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, sorted_keys, values, sorted, A, 0, end_bit,
-                                            stream()));
-    void* temp = arena.alloc_bytes(std::max<size_t>(temp_bytes, 1));
-    const unsigned grid = std::max(1u, std::min<unsigned>(ceil_div(A, 256), unsigned(sm_count()) * 8u));
-    plan_keys_kernel<<<grid, 256, 0, stream()>>>(experts.data_as<int32_t>(), A, E, keys, values, bad);
+    const int chunks = int(ceil_div(A, kPlanChunk));
+    const size_t per_bucket = size_t(chunks) * sizeof(int32_t);
+    auto* counts = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * per_bucket));
+    auto* starts = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * per_bucket));
+    auto* totals = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * sizeof(int32_t)));
+    const unsigned blocks = unsigned(ceil_div(chunks, kWarps));
+    const size_t hist_bytes = size_t(kWarps) * size_t(E + 1) * sizeof(int32_t);  // 32 KiB at 1024 experts
+    plan_count_kernel<<<blocks, kWarps * 32, hist_bytes, stream()>>>(experts.data_as<int32_t>(), A, E, chunks, counts,
+                                                                      bad);
     UM_CUDA_LAUNCHED();
-    UM_CUDA(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, sorted_keys, values, sorted, A, 0, end_bit,
-                                            stream()));
-    plan_offsets_kernel<<<grid, 256, 0, stream()>>>(sorted_keys, A, E, offsets);
+    plan_scan_kernel<<<unsigned(ceil_div(E + 1, kWarps)), kWarps * 32, 0, stream()>>>(counts, E, chunks, starts, totals);
     UM_CUDA_LAUNCHED();
-    plan_rows_kernel<<<grid, 256, 0, stream()>>>(sorted_keys, sorted, offsets, A, E, capacity,
-                                                 plan.row_of.data_as<int32_t>());
+    plan_scatter_kernel<<<blocks, kWarps * 32, hist_bytes + size_t(E + 1) * sizeof(int32_t), stream()>>>(
+        experts.data_as<int32_t>(), A, E, chunks, capacity, starts, totals, offsets,
+        plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>());
     UM_CUDA_LAUNCHED();
   } else {
     UM_CUDA(cudaMemsetAsync(offsets, 0, size_t(E + 1) * sizeof(int32_t), stream()));

@@ -599,6 +599,40 @@ TEST_CASE("moe plan in two steps on the GPU: same plan, unfinished use refused, 
   arena_for(Device::cpu()).reset();
 }
 
+TEST_CASE("moe plan on the GPU equals the CPU's at scale: many chunks, 1024 experts, capacity, bad ids", "[gpu][moe]") {
+  UM_REQUIRE_GPU();
+  const Device dev = Device::cuda();
+  struct Case {
+    int64_t N, k, E, capacity;
+  };
+  // 625 chunks of 256 assignments (a partial last one at 1, 1000 and 1021 x 16), the router's 1024
+  // experts, skewed loads (ids from a few experts) with a capacity.
+  for (Case c : {Case{20000, 8, 64, 0}, Case{1021, 16, 1024, 0}, Case{4099, 2, 8, 700}, Case{1, 1, 3, 0}}) {
+    INFO("N " << c.N << " k " << c.k << " E " << c.E << " capacity " << c.capacity);
+    std::vector<int64_t> ids(size_t(c.N * c.k));
+    std::mt19937_64 rng(88);
+    for (auto& id : ids) id = int64_t(rng() % uint64_t(c.capacity > 0 ? 3 : c.E));  // with a capacity: 3 experts
+    const ops::MoePlan g = ops::moe_plan(experts_tensor(ids, c.N, c.k, dev), c.E, c.capacity);
+    const ops::MoePlan h = ops::moe_plan(experts_tensor(ids, c.N, c.k, Device::cpu()), c.E, c.capacity);
+    CHECK(g.counts == h.counts);
+    CHECK(g.groups.start == h.groups.start);
+    CHECK(g.groups.size == h.groups.size);
+    CHECK(g.sorted_assignment.to_ints() == h.sorted_assignment.to_ints());
+    CHECK(g.row_of.to_ints() == h.row_of.to_ints());
+    if (c.capacity > 0) CHECK(g.dropped() > 0);
+    // The first bad position is named, wherever in the chunks the bad ids lie.
+    std::vector<int64_t> bad = ids;
+    const size_t first = bad.size() * 3 / 5;
+    bad[first] = c.E;
+    bad[bad.size() - 1] = -1;
+    CHECK_THROWS_WITH(ops::moe_plan(experts_tensor(bad, c.N, c.k, dev), c.E),
+                      Catch::Contains("experts position " + std::to_string(first) + ":"));
+    arena_for(dev).reset();
+    arena_for(Device::cpu()).reset();
+  }
+  CHECK_THROWS_WITH(ops::moe_plan(experts_tensor({0, 1}, 1, 2, dev), 1025), Catch::Contains("at most 1024 experts"));
+}
+
 TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empty groups, gaps, accumulate", "[gpu][moe]") {
   UM_REQUIRE_GPU();
   require_sm90_on_hopper();

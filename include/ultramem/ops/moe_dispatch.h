@@ -23,9 +23,10 @@
 // grouped GEMMs need the group sizes on the host. That is the layer's one synchronisation per forward;
 // the backward reuses the sizes. moe_plan_start / moe_plan_finish split it so the copy's wait overlaps
 // device work: start enqueues the sort and the copy (into pinned memory), the permute (which needs only
-// the device arrays) is queued behind it, and finish waits for the copy while the GPU runs the permute. On the GPU the sort is cub::DeviceRadixSort (stable) over the
-// expert ids; each expert's offset is written by the sorted position where its range starts (or, for an
-// empty expert, where the next range starts). Everything is deterministic.
+// the device arrays) is queued behind it, and finish waits for the copy while the GPU runs the permute.
+// On the GPU the sort is a three-pass counting sort over 256-assignment warp chunks (count, prefix,
+// ranked scatter; cuda/moe_dispatch.cu), stable, for at most ops::kMoeMaxExperts experts (the router's
+// bound). Everything is deterministic.
 #pragma once
 #include <vector>
 
