@@ -66,6 +66,13 @@ template <int V, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
   *reinterpret_cast<Pack<T, V>*>(p) = v;
 }
+// The same with the streaming (evict-first) cache hint for 16-byte packs: output that is not read
+// again soon does not push what is (a kernel's gathered source) out of L2.
+template <int V, typename T>
+__device__ __forceinline__ void store_pack_streaming(T* p, const Pack<T, V>& v) {
+  if constexpr (sizeof(Pack<T, V>) == 16) __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&v));
+  else store_pack<V>(p, v);
+}
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
