@@ -30,6 +30,27 @@ constexpr unsigned long long kNoBad = ~0ull;
 // The counting sort's unit: each warp owns kPlanChunk consecutive assignments; blocks of kWarps warps.
 constexpr int kPlanChunk = 256;
 
+// A warp's chunk of expert ids, lane l holding assignments begin + l + 32 i, all loads in flight before the
+// first use (0 past the end).
+__device__ __forceinline__ void load_chunk_ids(const int32_t* __restrict__ experts, int begin, int end, int lane,
+                                               int32_t (&ids)[kPlanChunk / 32]) {
+#pragma unroll
+  for (int i = 0; i < kPlanChunk / 32; ++i) {
+    const int a = begin + lane + 32 * i;
+    ids[i] = a < end ? experts[a] : 0;
+  }
+}
+
+// The inclusive prefix sum over the warp's lanes.
+__device__ __forceinline__ int warp_inclusive_sum(int v) {
+  const int lane = threadIdx.x & 31;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int w = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += w;
+  }
+  return v;
+}
+
 // Pass 1: warp u counts its chunk per bucket (e, or E for a bad id) into counts[bucket][u] (bucket-major,
 // so pass 2 reads each bucket's chunks contiguously). Shared memory: a histogram per warp, E + 1 each.
 __global__ void __launch_bounds__(kWarps * 32)
@@ -42,12 +63,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncwarp();
   if (u < chunks) {
     const int begin = u * kPlanChunk, end = min(A, begin + kPlanChunk);
-    int32_t ids[kPlanChunk / 32];  // all loads in flight before the first use
-#pragma unroll
-    for (int i = 0; i < kPlanChunk / 32; ++i) {
-      const int a = begin + lane + 32 * i;
-      ids[i] = a < end ? experts[a] : 0;
-    }
+    int32_t ids[kPlanChunk / 32];
+    load_chunk_ids(experts, begin, end, lane, ids);
 #pragma unroll
     for (int i = 0; i < kPlanChunk / 32; ++i) {
       const int a = begin + lane + 32 * i;
@@ -75,11 +92,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int u0 = 0; u0 < chunks; u0 += 32) {
     const int u = u0 + lane;
     const int v = u < chunks ? col[u] : 0;
-    int incl = v;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int w = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += w;
-    }
+    const int incl = warp_inclusive_sum(v);
     if (u < chunks) out[u] = carry + incl - v;
     carry += __shfl_sync(0xffffffffu, incl, 31);
   }
@@ -105,11 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int c0 = 0; c0 <= E; c0 += 32) {
       const int c = c0 + lane;
       const int v = c <= E ? totals[c] : 0;
-      int incl = v;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int w = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += w;
-      }
+      const int incl = warp_inclusive_sum(v);
       if (c <= E) {
         offsets[c] = carry + incl - v;
         if (blockIdx.x == 0) offsets_out[c] = carry + incl - v;
@@ -123,12 +132,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int c = lane; c <= E; c += 32) run[c] = offsets[c] + starts[int64_t(c) * chunks + u];
   __syncwarp();
   const int begin = u * kPlanChunk, end = min(A, begin + kPlanChunk);
-  int32_t ids[kPlanChunk / 32];  // all loads in flight before the first use
-#pragma unroll
-  for (int i = 0; i < kPlanChunk / 32; ++i) {
-    const int a = begin + lane + 32 * i;
-    ids[i] = a < end ? experts[a] : 0;
-  }
+  int32_t ids[kPlanChunk / 32];
+  load_chunk_ids(experts, begin, end, lane, ids);
 #pragma unroll
   for (int i = 0; i < kPlanChunk / 32; ++i) {
     const int a = begin + lane + 32 * i;

@@ -1,5 +1,5 @@
-// Helpers of the grouped-GEMM tests (test_moe.cpp, test_swiglu_grouped_linear.cpp): row groups from a
-// list of sizes, and the check that a Hopper device really runs the sm90 kernel.
+// Helpers of the MoE tests (test_moe.cpp, test_moe_plan.cpp, test_swiglu_grouped_linear.cpp): expert ids as
+// a tensor, row groups from a list of sizes, and the check that a Hopper device really runs the sm90 kernel.
 #pragma once
 #include <string>
 #include <vector>
@@ -8,6 +8,11 @@
 #include "ultramem/ops/grouped_linear.h"
 
 namespace um::testing {
+
+// ids (N x k, token-major) as the i32 experts tensor a plan takes.
+inline Tensor experts_tensor(const std::vector<int64_t>& ids, int64_t N, int64_t k, Device dev = Device::cpu()) {
+  return Tensor::from_ints(ids, Shape{N, k}, DType::i32, dev);
+}
 
 // Consecutive groups from sizes (a negative size is a gap of that many rows in no group); `rows` gets
 // the total.
