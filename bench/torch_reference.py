@@ -64,7 +64,8 @@ class Block(nn.Module):
         if m.get("ffn", "mlp") == "moe":
             assert self.swiglu, "the PyTorch MoE reference has SwiGLU experts"
             assert not m.get("moe_renormalize", False) and not m.get("moe_capacity_factor", 0) and \
-                not m.get("moe_shared_expert_hidden", 0), "the PyTorch MoE reference: dropless, no renormalisation, no shared expert"
+                not m.get("moe_shared_expert_hidden", 0), \
+                "the PyTorch MoE reference: dropless, no renormalisation, no shared expert"
             self.moe = MoE(d, m["moe_num_experts"], m["moe_top_k"], m.get("moe_hidden", 0) or hidden,
                            m.get("moe_loss_weight", 0.01), m.get("moe_zloss_weight", 0.001))
         else:
@@ -157,7 +158,8 @@ def main():
     for kv in args.set:
         key, _, value = kv.partition("=")
         if key not in MODELLED_KEYS:
-            raise SystemExit(f"--set {kv}: the PyTorch reference models no key {key!r} (it models {sorted(MODELLED_KEYS)})")
+            raise SystemExit(f"--set {kv}: the PyTorch reference models no key {key!r} "
+                             f"(it models {sorted(MODELLED_KEYS)})")
         try:
             m[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -14,8 +14,9 @@
 // Permute and its backward (which are also the combine's backward and forward): one warp per row or
 // token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32
 // sums in a fixed slot order. The permute writes its k copies with the streaming (evict-first) hint, so
-// they pass L2 by and leave more of the gathered rows there (81 -> 76 us at 16k tokens, top-8 of 64, d
-// 768, on the H200; an evict-last hint on the rows' loads on top of it was slower, 79 us). No float atomics: bitwise reproducible.
+// they pass L2 by and leave more of the gathered rows there (81 -> 76 us at 16k tokens, top-8 of 64,
+// d 768, on the H200; an evict-last hint on the rows' loads on top of it was slower, 79 us). No float
+// atomics: bitwise reproducible.
 #include "common.cuh"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/moe_dispatch.h"
@@ -263,8 +264,8 @@ bool vectorizable(int d, std::initializer_list<const void*> ptrs) {
 
 void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   const int A = int(plan.rows()), E = int(plan.num_experts);
-  UM_CHECK(E <= int(ops::kMoeMaxExperts), detail::concat("moe_plan on the GPU: at most ", ops::kMoeMaxExperts, " experts"),
-           E);
+  UM_CHECK(E <= int(ops::kMoeMaxExperts),
+           detail::concat("moe_plan on the GPU: at most ", ops::kMoeMaxExperts, " experts"), E);
   const int capacity = int(std::min<int64_t>(plan.capacity, INT32_MAX));
   Arena& arena = arena_for(experts.device());
   auto* offsets = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * sizeof(int32_t)));
@@ -281,7 +282,8 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
     plan_count_kernel<<<blocks, kWarps * 32, hist_bytes, stream()>>>(experts.data_as<int32_t>(), A, E, chunks, counts,
                                                                       bad);
     UM_CUDA_LAUNCHED();
-    plan_scan_kernel<<<unsigned(ceil_div(E + 1, kWarps)), kWarps * 32, 0, stream()>>>(counts, E, chunks, starts, totals);
+    plan_scan_kernel<<<unsigned(ceil_div(E + 1, kWarps)), kWarps * 32, 0, stream()>>>(counts, E, chunks, starts,
+                                                                                    totals);
     UM_CUDA_LAUNCHED();
     plan_scatter_kernel<<<blocks, kWarps * 32, hist_bytes + size_t(E + 1) * sizeof(int32_t), stream()>>>(
         experts.data_as<int32_t>(), A, E, chunks, capacity, starts, totals, offsets,
