@@ -54,6 +54,12 @@ class MoE(nn.Module):
         return out, balance + z
 
 
+def moe_ffn_params(d, experts, top_k, h):
+    """Matmul weights a token passes through in the layer: its top-k SwiGLU experts and the router
+    (6 flops per weight per token for forward + backward, as ultramem's MFU)."""
+    return top_k * 3 * d * h + d * experts
+
+
 def timed(step, reps, warmup=3):
     for _ in range(warmup):
         step()
@@ -99,7 +105,7 @@ def main():
             torch.autograd.backward([y, aux], [dy.to(y.dtype), torch.ones_like(aux)])
 
         ms = timed(moe_step, a.reps)
-        tf = 6 * N * (k * 3 * d * h + d * E) / ms * 1e-9
+        tf = 6 * N * moe_ffn_params(d, E, k, h) / ms * 1e-9
         rows.append((name, "PyTorch eager MoE", ms, tf, tf / dense_tf))
         del moe
         torch.cuda.empty_cache()

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_moe import MoE
+from torch_moe import MoE, moe_ffn_params
 
 
 class Norm(nn.Module):
@@ -135,8 +135,7 @@ def flops_per_token(m, T):
     hkv = m.get("n_kv_heads", 0) or h
     qkv = (h + 2 * hkv) * (d // h)
     if m.get("ffn", "mlp") == "moe":  # the active experts' SwiGLU MLPs and the router
-        he = m.get("moe_hidden", 0) or m["mlp_hidden"]
-        ffn = m["moe_top_k"] * 3 * d * he + d * m["moe_num_experts"]
+        ffn = moe_ffn_params(d, m["moe_num_experts"], m["moe_top_k"], m.get("moe_hidden", 0) or m["mlp_hidden"])
     else:
         mlp_in = 2 * m["mlp_hidden"] if m.get("mlp_act", "gelu") == "swiglu" else m["mlp_hidden"]
         ffn = d * mlp_in + m["mlp_hidden"] * d
