@@ -29,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <type_traits>
 
@@ -45,18 +46,24 @@ namespace um::cuda::sm90 {
 namespace {
 
 // Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
-// (tile_start maps one to its group); weights: n-tile, m-tile, then group.
+// (tile_start maps one to its group); weights: n-tile, m-tile, then group. kRowsSwiGLU's n-tiles are
+// kBN / 2 [gate, up] pairs (n0 the first pair), so width = 2 x the tile's pairs (rounded up to 32).
 struct TileCoords {
   int g, m0, m_end, n0, width, k_len, row_base;  // width: the tile's columns, N's tail rounded up to 64
 };
 template <class T, int kMode>
 __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, const Args& args) {
-  const int n_tiles = (args.N + T::kBN - 1) / T::kBN;
   TileCoords c;
-  c.n0 = (t % n_tiles) * T::kBN;
-  const int rest = (args.N - c.n0 + 63) / 64 * 64;
-  c.width = rest < T::kBN ? rest : T::kBN;
-  t /= n_tiles;
+  // kRowsSwiGLU: kBN / 2 pairs per n-tile, the tail's rounded up to 32 (width 2 x that); else kBN columns,
+  // the tail's rounded up to 64.
+  constexpr int kStep = kMode == kRowsSwiGLU ? T::kBN / 2 : T::kBN, kRound = kMode == kRowsSwiGLU ? 32 : 64;
+  const int n_tiles = (args.N + kStep - 1) / kStep, block = t / n_tiles;
+  // With turn_n the n-tiles of a block turn by one position per wave of the persistent grid (see Args).
+  const int turn = args.turn_n ? int(int64_t(block) * n_tiles / int(gridDim.x)) : 0;
+  c.n0 = ((t % n_tiles + turn) % n_tiles) * kStep;
+  const int rest = (args.N - c.n0 + kRound - 1) / kRound * kRound;
+  c.width = (rest < kStep ? rest : kStep) * (kMode == kRowsSwiGLU ? 2 : 1);
+  t = block;
   if constexpr (kMode == kWeights) {
     const int m_tiles = (args.M + kBM - 1) / kBM;
     c.g = t / m_tiles, c.m0 = (t % m_tiles) * kBM, c.m_end = args.M;
@@ -82,10 +89,10 @@ template <class T, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                 const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_h,
-                const __grid_constant__ CUtensorMap map_du, const __grid_constant__ Groups groups, const Args args,
-                int tiles) {
+                const __grid_constant__ CUtensorMap map_du, const __grid_constant__ CUtensorMap map_b2,
+                const __grid_constant__ Groups groups, const Args args, int tiles) {
 #ifdef UM_SM90_DEVICE
-  constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB;
+  constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB && kMode != kRowsSwiGLU;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
@@ -121,11 +128,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         } else {
           mbar_expect_tx(full, T::kABytes + b_units * kBoxBytes);
           tma_2d(a, map_a, k0, c.m0, full);  // the rows' 128 x 64 K-major tile
-          for (int p = 0; p < b_units; ++p) {
-            if constexpr (kMode == kRowsKB)  // W [G N, K]
-              tma_2d(b + uint32_t(kBoxBytes * p), map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
-            else  // W [G][K][N]
-              tma_3d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, k0, c.g, full);
+          if constexpr (kMode == kRowsSwiGLU) {
+            // W1 [G 2 N, K]: the pairs' gate rows fill B's first P rows, their up rows the next P (P a
+            // multiple of 32: 64-row boxes, then a 32-row one from map_b2), so one wgmma W wide covers both.
+            const int P = c.width / 2;
+            for (int half = 0; half < 2; ++half)
+              for (int r = 0; r < P; r += 64) {
+                const uint32_t dst = b + uint32_t((half * P + r) * 128);
+                const int row = (2 * c.g + half) * args.N + c.n0 + r;
+                if (P - r >= 64) tma_2d(dst, map_b, k0, row, full);
+                else tma_2d(dst, map_b2, k0, row, full);
+              }
+          } else {
+            for (int p = 0; p < b_units; ++p) {
+              if constexpr (kMode == kRowsKB)  // W [G N, K]
+                tma_2d(b + uint32_t(kBoxBytes * p), map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
+              else  // W [G][K][N]
+                tma_3d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, k0, c.g, full);
+            }
           }
         }
       }
@@ -162,6 +182,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     // A warpgroup whose 64 rows all lie past the group's end (or M) only keeps the slots' rhythm.
     const int slab0 = c.m0 + cw * 64;
     const bool active = slab0 < c.m_end;
+    // The SwiGLU epilogues' row scales (this thread's two rows), loaded before the k-steps so that their
+    // latency hides behind them instead of stalling the epilogue.
+    float scale[2] = {0.f, 0.f};
+    if constexpr (kMode == kRowsSwiGLU || kMode == kRowsDSwiGLU) {
+      const int row0 = slab0 + ((int(threadIdx.x) >> 5) & 3) * 16 + (int(threadIdx.x) & 31) / 4;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        if (active && row0 + 8 * i < c.m_end) scale[i] = args.row_scale[row0 + 8 * i];
+    }
     float acc[T::kAcc];
 #pragma unroll
     for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
@@ -201,15 +230,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_wait<0>();
       fence_regs(acc);
     };
+    // The k-steps, the last slot's release, and kRowsSwiGLU's epilogue, which needs the width at compile
+    // time (where the gate and up columns meet).
+    auto tile = [&](auto width) {
+      k_loop(width);
+      if (kt_count > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
+      if constexpr (kMode == kRowsSwiGLU && decltype(width)::value > 0)
+        swiglu_forward_chunks<T, decltype(width)::value>(acc, scale, cw, staging, map_c, map_du, map_h, args, c.n0,
+                                                         slab0, c.m_end, ep);
+    };
     using std::integral_constant;
-    if (!active) k_loop(integral_constant<int, 0>{});
-    else if (c.width == T::kBN) k_loop(integral_constant<int, T::kBN>{});
-    else if (c.width == 64) k_loop(integral_constant<int, 64>{});
+    if (!active) tile(integral_constant<int, 0>{});
+    else if (c.width == T::kBN) tile(integral_constant<int, T::kBN>{});
+    else if (c.width == 64) tile(integral_constant<int, 64>{});
     else if constexpr (T::kBN == 256) {
-      if (c.width == 128) k_loop(integral_constant<int, 128>{});
-      else k_loop(integral_constant<int, 192>{});
+      if (c.width == 128) tile(integral_constant<int, 128>{});
+      else tile(integral_constant<int, 192>{});
     }
-    if (kt_count > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
     // TMA stores wherever the box's bounds are the tensor's: every weights slab (C_g is its own [M, N]
     // box of the 3-d map; accumulate = reduce-add) and rows slabs wholly inside the group without
     // accumulate. A slab crossing the group's end (the next group's rows) or accumulating into bf16 takes
@@ -217,9 +254,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kMode == kWeights) {
       if (active)
         store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
+    } else if constexpr (kMode == kRowsSwiGLU) {
+      // stored above, per width
     } else if constexpr (kMode == kRowsDSwiGLU) {
-      swiglu_backward_chunks<T>(acc, cw, base, staging, full0, empty0, it, map_c, map_du, args, c.n0, c.width, slab0,
-                                c.m_end);
+      swiglu_backward_chunks<T>(acc, scale, cw, base, staging, full0, empty0, it, map_c, map_du, args, c.n0, c.width,
+                                slab0, c.m_end);
     } else {
       if (slab0 + 64 <= c.m_end && !args.accumulate)
         store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
@@ -270,16 +309,21 @@ CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_
 
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
 // Persistent: one CTA per SM (or fewer when there are fewer tiles).
-// h and du: the SwiGLU-backward product's gate / up source and dup destination (c stands in elsewhere).
+// h, du and b2: the modes' extra maps (c stands in where a mode has none): kRowsDSwiGLU's gate / up
+// source (h) and dup destination (du); kRowsSwiGLU's a destination (h), up destination (du; c is gate's)
+// and W1 in 32-row boxes (b2).
+// n_tiles: the tiles along n per m-tile (per (m-tile, group) for weights), for Args::turn_n.
 template <auto K>
-void launch(int smem_bytes, int64_t tiles, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
-            const Groups& g, const Args& args, const CUtensorMap* h = nullptr, const CUtensorMap* du = nullptr) {
+void launch(int smem_bytes, int64_t tiles, int64_t n_tiles, const CUtensorMap& a, const CUtensorMap& b,
+            const CUtensorMap& c, const Groups& g, Args args, const CUtensorMap* h = nullptr,
+            const CUtensorMap* du = nullptr, const CUtensorMap* b2 = nullptr) {
   static const cudaError_t raised = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   UM_CUDA(raised);
   UM_CHECK(tiles < int64_t(INT32_MAX), "sm90 grouped GEMM: fewer than 2^31 tiles", tiles);
   if (tiles == 0) return;
   const unsigned ctas = unsigned(std::min<int64_t>(tiles, sm_count()));
-  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, c, h ? *h : c, du ? *du : c, g, args, int(tiles));
+  args.turn_n = std::gcd(int64_t(ctas), n_tiles) > 1 ? 1 : 0;
+  K<<<ctas, kThreads, smem_bytes, stream()>>>(a, b, c, h ? *h : c, du ? *du : c, b2 ? *b2 : c, g, args, int(tiles));
   UM_CUDA_LAUNCHED();
 }
 
@@ -313,13 +357,13 @@ void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool 
   const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
   const CUtensorMap ma = tensor_map<2>(a, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
   const CUtensorMap mc = tensor_map<2>(args.c, {N, R}, {uint64_t(args.ldc)}, {64u, 64u});  // 64 x 64 bf16 chunks
-  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * g.tile_start[g.count];
+  const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * g.tile_start[g.count];
   if (b_mn_major) {  // W [G][K][N]: 64 x 64 panels
     const CUtensorMap mb = tensor_map<3>(b, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
-    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
+    launch<gemm_kernel<T, kRowsMNB>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mc, g, args);
   } else {  // W [G N, K]: 64 x 64 boxes (the tile's width of them)
     const CUtensorMap mb = tensor_map<2>(b, {K, G * N}, {K}, {uint32_t(kBK), 64u});
-    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
+    launch<gemm_kernel<T, kRowsKB>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mc, g, args);
   }
 }
 
@@ -334,8 +378,25 @@ void rows_swiglu_backward(const Groups& g, const Args& args, const bf16* dy, con
   // The halves of dh as [rows, N] tensors of row stride 2 N: stores clip at N.
   const CUtensorMap mdg = tensor_map<2>(dh, {N, R}, {2 * N}, {64u, 64u});
   const CUtensorMap mdu = tensor_map<2>(dh + N, {N, R}, {2 * N}, {64u, 64u});
-  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * g.tile_start[g.count];
-  launch<gemm_kernel<T, kRowsDSwiGLU>>(T::kSmemBytes, tiles, ma, mb, mdg, g, args, &mh, &mdu);
+  const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * g.tile_start[g.count];
+  launch<gemm_kernel<T, kRowsDSwiGLU>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mdg, g, args, &mh, &mdu);
+}
+
+// h = [gate | up] (bf16 [rows, 2 N]) = x (bf16 [rows, K]) . W1_g^T (W1 [G][2 N][K]) and a = s swiglu(h)
+// (bf16 [rows, N]); N counts the pairs.
+template <class T>
+void rows_swiglu(const Groups& g, const Args& args, const bf16* x, const bf16* w1, bf16* h, bf16* a,
+                 int64_t rows_total) {
+  const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
+  const CUtensorMap mx = tensor_map<2>(x, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
+  const CUtensorMap mw = tensor_map<2>(w1, {K, 2 * G * N}, {K}, {uint32_t(kBK), 64u});
+  const CUtensorMap mw32 = tensor_map<2>(w1, {K, 2 * G * N}, {K}, {uint32_t(kBK), 32u});
+  // The halves of h as [rows, N] tensors of row stride 2 N, and a: stores clip at N.
+  const CUtensorMap mg = tensor_map<2>(h, {N, R}, {2 * N}, {64u, 64u});
+  const CUtensorMap mu = tensor_map<2>(h + N, {N, R}, {2 * N}, {64u, 64u});
+  const CUtensorMap ma = tensor_map<2>(a, {N, R}, {N}, {64u, 64u});
+  const int64_t n_tiles = ceil_div(args.N, T::kBN / 2), tiles = n_tiles * g.tile_start[g.count];
+  launch<gemm_kernel<T, kRowsSwiGLU>>(T::kSmemBytes, tiles, n_tiles, mx, mw, mg, g, args, &ma, &mu, &mw32);
 }
 
 template <class T>
@@ -345,8 +406,8 @@ void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, in
   const CUtensorMap mb = tensor_map<2>(b, {N, R}, {N}, {64u, uint32_t(kBK)});
   // C [G][M][N] f32 in 64-row x 32-column chunks (128 bytes wide, as the swizzle wants).
   const CUtensorMap mc = tensor_map<3>(args.c, {N, M, uint64_t(g.count)}, {N, M * N}, {32u, 64u, 1u}, true);
-  const int64_t tiles = int64_t(ceil_div(args.N, T::kBN)) * ceil_div(args.M, kBM) * g.count;
-  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ma, mb, mc, g, args);
+  const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * ceil_div(args.M, kBM) * g.count;
+  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mc, g, args);
 }
 
 int64_t rows_end(const ops::RowGroups& h) {
@@ -382,7 +443,7 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   thread_local Groups g;  // 12 KiB: built on the host per call, copied into the launch's parameters
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0, nullptr, nullptr, 0};
+  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0, nullptr, nullptr, 0, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
@@ -396,17 +457,28 @@ void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16
   thread_local Groups g;
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0, row_scale, ds_partial, rows};
+  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0, row_scale, ds_partial, rows, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows_swiglu_backward<Wide>(g, args, dy, w, h, dh, R);
   else rows_swiglu_backward<Narrow>(g, args, dy, w, h, dh, R);
+}
+
+void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_scale, bf16* h, bf16* a, int64_t N,
+                              int64_t K, const ops::RowGroups& groups) {
+  thread_local Groups g;
+  fill_groups(g, groups);
+  if (g.tile_start[g.count] == 0) return;
+  const Args args{h, 2 * N, 0, 0, int(N), int(K), 0, row_scale, nullptr, 0, a, 0};
+  const int64_t R = rows_end(groups);
+  if (wide_tile()) rows_swiglu<Wide>(g, args, x, w1, h, a, R);
+  else rows_swiglu<Narrow>(g, args, x, w1, h, a, R);
 }
 
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
                           bool accumulate) {
   thread_local Groups g;
   fill_groups(g, groups);
-  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0};
+  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) weights<Wide>(g, args, a, b, R);
   else weights<Narrow>(g, args, a, b, R);

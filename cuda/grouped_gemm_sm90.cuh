@@ -44,6 +44,12 @@ void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16
                                        bf16* dh, float* ds_partial, int64_t rows, int64_t N, int64_t K,
                                        const ops::RowGroups& groups);
 
+// rows with SwiGLU's forward in the epilogue: h = [gate | up] (bf16 [rows, 2 N]) = x (bf16 [rows, K]) .
+// W1_g^T (W1 [G][2 N][K]), and a = s[r] swiglu(h[r]) (bf16 [rows, N], s f32 [rows]) from h's bf16 values,
+// as swiglu_forward computes it, so that h is never read back. Rows outside every group are not written.
+void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_scale, bf16* h, bf16* a, int64_t N,
+                              int64_t K, const ops::RowGroups& groups);
+
 // weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16
 // [rows, M], B bf16 [rows, N]. An empty group writes C_g = 0 (accumulate: leaves it).
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,

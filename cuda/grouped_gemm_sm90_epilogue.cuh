@@ -114,7 +114,8 @@ __device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int 
 // warpgroup's two staging buffers, from which two TMA stores write them into the halves of
 // dh = [dgate | dup]. A slab crossing its group's end (the next group's rows) stores its rows directly.
 template <class T>
-__device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAcc], int cw, uint32_t base,
+__device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAcc], const float (&scale)[2], int cw,
+                                                       uint32_t base,
                                                        uint32_t staging, uint32_t full0, uint32_t empty0, int& it,
                                                        const CUtensorMap& map_dg, const CUtensorMap& map_du,
                                                        const Args& args, int n0, int width, int slab0, int m_end) {
@@ -122,11 +123,10 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
   const bool issuer = (threadIdx.x & 127) == 0, active = slab0 < m_end, staged = slab0 + 64 <= m_end;
   const uint32_t dg_buf = staging + uint32_t(cw * 2 * kChunkBytes), du_buf = dg_buf + uint32_t(kChunkBytes);
   bf16* dh = static_cast<bf16*>(args.c);
-  // This thread's two rows: their scales, and their ds partial sums over the tile's columns.
+  // This thread's two rows (their scales, 0 past the group's end, came with the call) and their ds partial
+  // sums over the tile's columns.
   const int row0 = slab0 + warp * 16 + (lane >> 2);
-  float scale[2], ds[2] = {0.f, 0.f};
-#pragma unroll
-  for (int i = 0; i < 2; ++i) scale[i] = active && row0 + 8 * i < m_end ? args.row_scale[row0 + 8 * i] : 0.f;
+  float ds[2] = {0.f, 0.f};
 #pragma unroll
   for (int q = 0; q < T::kBN / 64; ++q) {
     if (q * 64 >= width) break;  // uniform: the tile's chunks
@@ -201,6 +201,100 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
     ds[i] += __shfl_xor_sync(0xffffffffu, ds[i], 2);
     if ((lane & 3) == 0 && row0 + 8 * i < m_end)
       args.ds_partial[int64_t(n0 / T::kBN) * args.rows_total + row0 + 8 * i] = ds[i];
+  }
+}
+
+// One 64 x 64 bf16 chunk of a warpgroup's slab (pair p of each thread: row warp 16 + lane / 4 + 8 (p % 2),
+// columns 8 (p / 2) + 2 (lane % 4) (+ 1)) through the warpgroup's two staging buffers into a TMA store at
+// (col, row). As in store_slab_tma, `ep` counts chunks across tiles and a buffer is rewritten once the
+// store that read it two chunks ago is done reading.
+__device__ __forceinline__ void store_chunk_tma(const uint32_t (&pairs)[16], int cw, uint32_t staging,
+                                                const CUtensorMap& map, int col, int row, int& ep) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const bool issuer = (threadIdx.x & 127) == 0;
+  const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
+  if (issuer) bulk_wait_read<1>();
+  warpgroup_bar(cw);
+#pragma unroll
+  for (int p = 0; p < 16; ++p) {
+    const int r = warp * 16 + (lane >> 2) + (p & 1) * 8, c = (p >> 1) * 8 + (lane & 3) * 2;
+    const uint32_t off = uint32_t(r * 128 + ((((c >> 3) ^ (r & 7)) << 4) | ((c & 7) * 2)));
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(buf + off), "r"(pairs[p]) : "memory");
+  }
+  fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+  warpgroup_bar(cw);
+  if (issuer) {
+    tma_store_2d(map, buf, col, row);
+    bulk_commit();
+  }
+  ++ep;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float v0, float v1) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+// SwiGLU's forward as the epilogue of h = x . W1_g^T (kRowsSwiGLU). The tile's W columns are P = W / 2
+// pairs' gate columns, then the same pairs' up columns (the producer loads W1's gate and up rows into the
+// two halves of the B tile), so each thread holds the gate and the up of the same pairs: 8-column block j
+// of gate at accumulator block j, its up at j + P / 8. Per 64-pair chunk three 64 x 64 bf16 chunks go out
+// through TMA stores: gate and up into the halves of h = [gate | up], and a = s silu(gate) up from the
+// rounded gate and up (swiglu_forward's arithmetic, so the fused and the composed paths agree). The maps
+// clip at N, which the last tile's pairs may pass (the columns past N hold other rows' products). A slab
+// crossing its group's end (the next group's rows) stores its rows directly.
+template <class T, int W>
+__device__ __forceinline__ void swiglu_forward_chunks(const float (&acc)[T::kAcc], const float (&scale)[2], int cw,
+                                                      uint32_t staging,
+                                                      const CUtensorMap& map_gate, const CUtensorMap& map_up,
+                                                      const CUtensorMap& map_act, const Args& args, int n0, int slab0,
+                                                      int m_end, int& ep) {
+  constexpr int P = W / 2, kUp = P / 8;  // pairs; the up half's first accumulator block
+  static_assert(P % 32 == 0 && W <= T::kBN, "a tile of 32-pair steps");
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, N = args.N;
+  const bool staged = slab0 + 64 <= m_end;
+  const int row0 = slab0 + warp * 16 + (lane >> 2);  // and row0 + 8: the rows of scale[0], scale[1]
+  bf16* h = static_cast<bf16*>(args.c);
+  bf16* a = static_cast<bf16*>(args.c2);
+#pragma unroll
+  for (int q = 0; q < (P + 63) / 64; ++q) {
+    const int blocks = P - 64 * q >= 64 ? 8 : (P - 64 * q) / 8;  // the chunk's 8-pair blocks (unrolled: constant)
+    uint32_t gate[16], up[16], act[16];
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int j = q * 8 + (p >> 1), i = p & 1;
+      const bool in_tile = (p >> 1) < blocks;  // past the tile's pairs: clipped at N, never stored
+      gate[p] = in_tile ? pack_bf16(acc[j * 4 + i * 2], acc[j * 4 + i * 2 + 1]) : 0u;
+      up[p] = in_tile ? pack_bf16(acc[(j + kUp) * 4 + i * 2], acc[(j + kUp) * 4 + i * 2 + 1]) : 0u;
+    }
+    auto activation = [&] {  // a from the rounded gate and up
+#pragma unroll
+      for (int p = 0; p < 16; ++p) {
+        const __nv_bfloat162 g = *reinterpret_cast<const __nv_bfloat162*>(&gate[p]);
+        const __nv_bfloat162 u = *reinterpret_cast<const __nv_bfloat162*>(&up[p]);
+        const float sc = scale[p & 1];
+        act[p] = (p >> 1) < blocks ? pack_bf16(sc * silu_mul_value(__bfloat162float(g.x), __bfloat162float(u.x)),
+                                               sc * silu_mul_value(__bfloat162float(g.y), __bfloat162float(u.y)))
+                                   : 0u;
+      }
+    };
+    const int col0 = n0 + q * 64;
+    if (staged) {  // a's arithmetic between the stores, while the copy engine reads gate's and up's buffers
+      store_chunk_tma(gate, cw, staging, map_gate, col0, slab0, ep);
+      store_chunk_tma(up, cw, staging, map_up, col0, slab0, ep);
+      activation();
+      store_chunk_tma(act, cw, staging, map_act, col0, slab0, ep);
+      continue;
+    }
+    activation();
+#pragma unroll
+    for (int p = 0; p < 16; ++p) {
+      const int row = row0 + (p & 1) * 8, col = col0 + (p >> 1) * 8 + (lane & 3) * 2;
+      if ((p >> 1) >= blocks || row >= m_end || col >= N) continue;  // N is a multiple of 8: col + 1 < N too
+      *reinterpret_cast<uint32_t*>(h + int64_t(row) * 2 * N + col) = gate[p];
+      *reinterpret_cast<uint32_t*>(h + int64_t(row) * 2 * N + N + col) = up[p];
+      *reinterpret_cast<uint32_t*>(a + int64_t(row) * N + col) = act[p];
+    }
   }
 }
 

@@ -42,14 +42,26 @@ struct Args {
   int64_t ldc, c_group_stride;  // weights: elements between consecutive groups' C
   int M, N, K;                  // rows: N, K (M from the groups); weights: M, N (K is the group's size)
   int accumulate;
-  // kRowsDSwiGLU: the rows' scales s (f32 [rows]) and the partial sums of ds, [n-tiles][rows_total].
+  // kRowsDSwiGLU and kRowsSwiGLU: the rows' scales s (f32 [rows]); kRowsDSwiGLU: the partial sums of ds,
+  // [n-tiles][rows_total].
   const float* row_scale;
   float* ds_partial;
   int64_t rows_total;
+  void* c2;  // kRowsSwiGLU: a = s swiglu(h) (bf16 [rows, N]); c is h = [gate | up]
+  // Set by the launch where the grid and the n-tiles per block have a common factor: CTA c's n position
+  // (c + step x grid) % n_tiles would then repeat within fewer than n_tiles steps (with 4 n-tiles of w1 on
+  // 132 SMs a CTA keeps one for good), so the CTAs on a narrow tail tile run ahead of the others sharing
+  // their m-tile's rows, which L2 then no longer holds: on the 64-expert layer the w1 forward and the
+  // fused w2 dx read 525 and 780 MB from DRAM instead of 287 and 490 (ncu). Turning the positions per
+  // wave keeps the tiles of a block on adjacent CTAs of one wave; where the factors are coprime the
+  // positions rotate by themselves and the plain order measured as fast or faster.
+  int turn_n;
 };
 
-// The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), and the dx
-// product whose epilogue applies SwiGLU's backward (kRowsDSwiGLU: C = dact never reaches memory).
-enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2, kRowsDSwiGLU = 3 };
+// The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), the dx
+// product whose epilogue applies SwiGLU's backward (kRowsDSwiGLU: C = dact never reaches memory), and the
+// SwiGLU forward product whose epilogue writes both h = [gate | up] and a = s swiglu(h) (kRowsSwiGLU: its
+// tiles pair gate and up columns; N counts the pairs).
+enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2, kRowsDSwiGLU = 3, kRowsSwiGLU = 4 };
 
 }  // namespace um::cuda::sm90

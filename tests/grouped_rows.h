@@ -1,4 +1,4 @@
-// Helpers of the MoE tests (test_moe.cpp, test_moe_plan.cpp, test_swiglu_grouped_linear.cpp): expert ids as
+// Helpers of the MoE tests (test_moe.cpp, test_moe_plan.cpp, test_swiglu_expert_mlp.cpp): expert ids as
 // a tensor, row groups from a list of sizes, and the check that a Hopper device really runs the sm90 kernel.
 #pragma once
 #include <string>

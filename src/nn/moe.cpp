@@ -26,13 +26,13 @@ MoeLayerResult moe_layer(const Tensor& x, const Tensor& router, const Tensor& w1
   r.plan = ops::moe_plan_start(r.routing.experts, E, capacity);
   Tensor xs = ops::moe_permute(x, r.plan);
   ops::moe_plan_finish(r.plan);
-  Tensor h = ops::grouped_linear(xs, w1, r.plan.groups);
   // The routing weights scale each row's activation (ops/moe_dispatch.h): f32 on the GPU (the router's
   // dtype), the activations' dtype on the CPU.
   Tensor w = ops::moe_row_weights(x.device().is_cuda() ? r.routing.weights : ops::cast(r.routing.weights, x.dtype()),
                                   r.plan);
-  Tensor ys = o.swiglu ? ops::swiglu_grouped_linear(h, w, w2, r.plan.groups)
-                       : ops::grouped_linear(ops::scale_rows(ops::gelu(h), w), w2, r.plan.groups);
+  Tensor ys = o.swiglu ? ops::swiglu_expert_mlp(xs, w1, w, w2, r.plan.groups)
+                       : ops::grouped_linear(ops::scale_rows(ops::gelu(ops::grouped_linear(xs, w1, r.plan.groups)), w),
+                                             w2, r.plan.groups);
   r.y = ops::moe_combine(ys, r.plan);
   return r;
 }

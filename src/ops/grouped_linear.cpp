@@ -102,22 +102,45 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
   if (dh) swiglu_backward(h, da0.grad, dh.grad, dh.accumulate);
 }
 
-Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& s, const Tensor& W, const RowGroups& groups) {
-  UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(1) % 2 == 0, "swiglu_grouped_linear: h of shape [rows, 2 in]",
-           h.defined() ? h.desc() : "undefined");
-  check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear: s");
-  Tensor a = alloc_activation(Shape{h.dim(0), h.dim(1) / 2}, h.dtype(), h.device());
+void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tensor& s, const RowGroups& groups,
+                                   const Tensor& h, const Tensor& a) {
+  check_groups(x, W1, groups, "grouped_linear_swiglu");
+  UM_CHECK(W1.dim(1) % 2 == 0, "grouped_linear_swiglu: W1 of shape [groups, 2 h, in] ([gate | up])", W1.desc());
+  const int64_t rows = x.dim(0);
+  check_tensor(h, Shape{rows, W1.dim(1)}, x.dtype(), x, "grouped_linear_swiglu: h");
+  check_tensor(a, Shape{rows, W1.dim(1) / 2}, x.dtype(), x, "grouped_linear_swiglu: a");
+  check_row_scale(x, rows, s, "grouped_linear_swiglu: s");
+#if ULTRAMEM_CUDA
+  if (x.device().is_cuda() && cuda::grouped_linear_swiglu_forward_fused(x, W1, s, groups, h, a)) return;
+#endif
+  grouped_linear_forward(x, W1, groups, h);
   swiglu_forward(h, a, s);
-  check_groups(a, W, groups, "swiglu_grouped_linear");
-  Tensor y = alloc_activation(Shape{a.dim(0), W.dim(1)}, a.dtype(), a.device());
-  grouped_linear_forward(a, W, groups, y);
-  if (needs_grad({&h, &s, &W})) {
+}
+
+Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, const Tensor& W2, const RowGroups& groups) {
+  UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 && W1.dim(1) == 2 * W2.dim(2),
+           "swiglu_expert_mlp: W1 [groups, 2 h, d] and W2 [groups, d', h]",
+           detail::concat(W1.defined() ? W1.desc() : "undefined", ", ", W2.defined() ? W2.desc() : "undefined"));
+  check_groups(x, W1, groups, "swiglu_expert_mlp");
+  const int64_t rows = x.dim(0);
+  Tensor h = alloc_activation(Shape{rows, W1.dim(1)}, x.dtype(), x.device());
+  Tensor a = alloc_activation(Shape{rows, W2.dim(2)}, x.dtype(), x.device());
+  grouped_linear_swiglu_forward(x, W1, s, groups, h, a);
+  check_groups(a, W2, groups, "swiglu_expert_mlp");
+  Tensor y = alloc_activation(Shape{rows, W2.dim(1)}, x.dtype(), x.device());
+  grouped_linear_forward(a, W2, groups, y);
+  if (needs_grad({&x, &W1, &s, &W2})) {
     y.set_requires_grad(true);
-    current_tape()->record([h, s, a, W, groups, y] {
+    current_tape()->record([x, W1, s, W2, groups, h, a, y] {
       Tensor gy = grad_of(y);
       if (!gy) return;
-      GradSlot dh = grad_slot(h), ds = grad_slot(s), dW = grad_slot(W);
-      swiglu_grouped_linear_backward(h, s, a, W, gy, groups, dh, ds, dW);
+      GradSlot dh;  // a fresh dh (not accumulated): the fused dx epilogue writes it whole
+      if (x.requires_grad() || W1.requires_grad()) dh.grad = alloc_activation(h.shape(), h.dtype(), h.device());
+      GradSlot ds = grad_slot(s), dW2 = grad_slot(W2);
+      swiglu_grouped_linear_backward(h, s, a, W2, gy, groups, dh, ds, dW2);
+      if (!dh) return;
+      GradSlot dx = grad_slot(x), dW1 = grad_slot(W1);
+      grouped_linear_backward(x, W1, dh.grad, groups, dx, dW1);
     });
   }
   return y;

@@ -36,19 +36,24 @@ struct RowGroups {
 // x [rows, in], W [G, out, in] (same dtype and device) -> y [rows, out].
 Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups);
 
-// SwiGLU with a per-row scale, then the grouped linear: the expert output of a SwiGLU MoE layer,
-//   a = s[r] swiglu(h[r]),  y = grouped_linear(a, W, groups),  h [rows, 2 in] = [gate | up], s [rows]
-// (ops/activation.h; s is the routing weight of each row, in h's dtype, f32 on the GPU). One op so that
-// its backward can fuse: on the sm90 path SwiGLU's backward and ds run in the epilogue of the dx product,
-// so dact = dy . W_g never reaches memory (cuda/grouped_gemm_sm90.cu); elsewhere it is the ops' backwards
-// in turn. Rows outside every group get y = 0, dh = 0 and ds = 0 (accumulate: unchanged).
-Tensor swiglu_grouped_linear(const Tensor& h, const Tensor& s, const Tensor& W, const RowGroups& groups);
+// The SwiGLU expert MLP of a MoE layer, with a per-row scale on the activation:
+//   h = grouped_linear(x, W1) = [gate | up],  a = s[r] swiglu(h[r]),  y = grouped_linear(a, W2)
+// x [rows, d], W1 [G, 2 h, d], W2 [G, d', h], s [rows] (ops/activation.h; s is the routing weight of each
+// row, in x's dtype, f32 on the GPU). One op so that both halves fuse on the sm90 path
+// (cuda/grouped_gemm_sm90.cu): SwiGLU's forward runs in the epilogue of W1's product (h is not read back),
+// and SwiGLU's backward and ds in the epilogue of W2's dx product (dact = dy . W2_g never reaches memory);
+// elsewhere it is the ops' forwards and backwards in turn. Rows outside every group get y = 0, dx = 0 and
+// ds = 0 (accumulate: unchanged).
+Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, const Tensor& W2, const RowGroups& groups);
 
-// Kernel-level entry points. swiglu_grouped_linear_backward takes the forward's a = s swiglu(h) (dW's
-// operand) along with h and s.
+// Kernel-level entry points. grouped_linear_swiglu_forward writes both h = grouped_linear(x, W1) and
+// a = s swiglu(h) (h [rows, 2 h], a [rows, h]); swiglu_grouped_linear_backward is the backward of
+// y = grouped_linear(a, W) into h, s and W, given h, s and the forward's a (dW's operand).
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
+void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tensor& s, const RowGroups& groups,
+                                   const Tensor& h, const Tensor& a);
 void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                     const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
                                     const GradSlot& dW);
@@ -65,7 +70,11 @@ namespace um::cuda {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y);
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW);
-// swiglu_grouped_linear's backward in one sm90 kernel (plus dW) where it applies; false (nothing done)
+// grouped_linear_swiglu_forward in one sm90 kernel where it applies; false (nothing done) elsewhere, and
+// the op composes grouped_linear_forward and swiglu_forward.
+bool grouped_linear_swiglu_forward_fused(const Tensor& x, const Tensor& W1, const Tensor& s,
+                                         const ops::RowGroups& groups, const Tensor& h, const Tensor& a);
+// swiglu_grouped_linear_backward in one sm90 kernel (plus dW) where it applies; false (nothing done)
 // elsewhere, and the op composes the unfused kernels.
 bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                           const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
