@@ -7,8 +7,11 @@
 // the k tail, the n tail) are exact without padding the tensors. The two kinds of product the layer
 // needs:
 //   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
-//            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g)
+//            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g); two with SwiGLU in the
+//            epilogue (W1's forward writing h and a = s swiglu(h); W2's dx turning dact into dh)
 //   weights: C_g[m, n] = sum over the group's rows r of A[r, m] B[r, n] (dW_g = dy_g^T x_g), both MN-major
+// Each CTA walks tiles blockIdx.x, + gridDim.x, ...; where that would pin a CTA to one n position the
+// positions turn per wave (Args::turn_n).
 // Every output element is written exactly once (a register store, or one TMA store or reduce-add of a
 // staged chunk), with no split-K: deterministic.
 // Requirements (the caller checks them, cuda/grouped_linear.cu `use_sm90`): bf16 operands, widths (K, N

@@ -1,5 +1,5 @@
 // The per-row scale that several ops take beside activations x (scale_rows, swiglu_forward's row_scale,
-// swiglu_grouped_linear): the MoE routing weights in row order. One rule for all of them.
+// swiglu_expert_mlp): the MoE routing weights in row order. One rule for all of them.
 #pragma once
 #include <string>
 
