@@ -52,6 +52,12 @@ template <>
 __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
+// Two floats rounded to bf16, lo in the low half: one 32-bit register, as mma fragments and the GEMM
+// epilogues' shared-memory stores take them.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
 
 // V elements of T moved as one aligned vector (16 bytes for V = 16 / sizeof(T)).
 template <typename T, int V>

@@ -49,7 +49,7 @@ namespace {
 // (tile_start maps one to its group); weights: n-tile, m-tile, then group. kRowsSwiGLU's n-tiles are
 // kBN / 2 [gate, up] pairs (n0 the first pair), so width = 2 x the tile's pairs (rounded up to 32).
 struct TileCoords {
-  int g, m0, m_end, n0, width, k_len, row_base;  // width: the tile's columns, N's tail rounded up to 64
+  int g, m0, m_end, n0, width, k_len, row_base;  // width: the tile's columns (a multiple of 64)
 };
 template <class T, int kMode>
 __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, const Args& args) {
@@ -250,16 +250,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     // TMA stores wherever the box's bounds are the tensor's: every weights slab (C_g is its own [M, N]
     // box of the 3-d map; accumulate = reduce-add) and rows slabs wholly inside the group without
     // accumulate. A slab crossing the group's end (the next group's rows) or accumulating into bf16 takes
-    // direct stores.
+    // direct stores. (kRowsSwiGLU stored its slab in tile() above.)
     if constexpr (kMode == kWeights) {
       if (active)
         store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
-    } else if constexpr (kMode == kRowsSwiGLU) {
-      // stored above, per width
     } else if constexpr (kMode == kRowsDSwiGLU) {
       swiglu_backward_chunks<T>(acc, scale, cw, base, staging, full0, empty0, it, map_c, map_du, args, c.n0, c.width,
                                 slab0, c.m_end);
-    } else {
+    } else if constexpr (kMode != kRowsSwiGLU) {
       if (slab0 + 64 <= c.m_end && !args.accumulate)
         store_slab_tma<T, bf16>(acc, cw, staging, map_c, c.n0, args.N, slab0, 0, false, ep);
       else if (slab0 < c.m_end)
@@ -305,6 +303,12 @@ CUtensorMap tensor_map(const void* ptr, const uint64_t (&dims)[R], const uint64_
                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   UM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled to accept the sm90 grouped GEMM's operand", int(r));
   return map;
+}
+
+// Half `half` (0: gate, 1: up) of a [rows, 2 N] bf16 tensor as a [rows, N] tensor of row stride 2 N, in
+// 64 x 64 chunks: the SwiGLU epilogues' stores, which clip at N.
+CUtensorMap half_map(bf16* p, int half, uint64_t N, uint64_t R) {
+  return tensor_map<2>(p + half * N, {N, R}, {2 * N}, {64u, 64u});
 }
 
 // One launch of kernel K (a template argument, so each kernel raises its shared-memory limit once).
@@ -375,9 +379,7 @@ void rows_swiglu_backward(const Groups& g, const Args& args, const bf16* dy, con
   const CUtensorMap ma = tensor_map<2>(dy, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
   const CUtensorMap mb = tensor_map<3>(w, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
   const CUtensorMap mh = tensor_map<2>(h, {2 * N, R}, {2 * N}, {64u, 64u});
-  // The halves of dh as [rows, N] tensors of row stride 2 N: stores clip at N.
-  const CUtensorMap mdg = tensor_map<2>(dh, {N, R}, {2 * N}, {64u, 64u});
-  const CUtensorMap mdu = tensor_map<2>(dh + N, {N, R}, {2 * N}, {64u, 64u});
+  const CUtensorMap mdg = half_map(dh, 0, N, R), mdu = half_map(dh, 1, N, R);
   const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * g.tile_start[g.count];
   launch<gemm_kernel<T, kRowsDSwiGLU>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mdg, g, args, &mh, &mdu);
 }
@@ -391,10 +393,8 @@ void rows_swiglu(const Groups& g, const Args& args, const bf16* x, const bf16* w
   const CUtensorMap mx = tensor_map<2>(x, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
   const CUtensorMap mw = tensor_map<2>(w1, {K, 2 * G * N}, {K}, {uint32_t(kBK), 64u});
   const CUtensorMap mw32 = tensor_map<2>(w1, {K, 2 * G * N}, {K}, {uint32_t(kBK), 32u});
-  // The halves of h as [rows, N] tensors of row stride 2 N, and a: stores clip at N.
-  const CUtensorMap mg = tensor_map<2>(h, {N, R}, {2 * N}, {64u, 64u});
-  const CUtensorMap mu = tensor_map<2>(h + N, {N, R}, {2 * N}, {64u, 64u});
-  const CUtensorMap ma = tensor_map<2>(a, {N, R}, {N}, {64u, 64u});
+  const CUtensorMap mg = half_map(h, 0, N, R), mu = half_map(h, 1, N, R);
+  const CUtensorMap ma = tensor_map<2>(a, {N, R}, {N}, {64u, 64u});  // stores clip at N
   const int64_t n_tiles = ceil_div(args.N, T::kBN / 2), tiles = n_tiles * g.tile_start[g.count];
   launch<gemm_kernel<T, kRowsSwiGLU>>(T::kSmemBytes, tiles, n_tiles, mx, mw, mg, g, args, &ma, &mu, &mw32);
 }
@@ -443,7 +443,7 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   thread_local Groups g;  // 12 KiB: built on the host per call, copied into the launch's parameters
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0, nullptr, nullptr, 0, nullptr, 0};
+  const Args args{c, N, 0, 0, int(N), int(K), accumulate ? 1 : 0, nullptr, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
@@ -457,7 +457,7 @@ void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16
   thread_local Groups g;
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0, row_scale, ds_partial, rows, nullptr, 0};
+  const Args args{dh, 2 * N, 0, 0, int(N), int(K), 0, row_scale, ds_partial, rows};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows_swiglu_backward<Wide>(g, args, dy, w, h, dh, R);
   else rows_swiglu_backward<Narrow>(g, args, dy, w, h, dh, R);
@@ -478,7 +478,7 @@ void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int
                           bool accumulate) {
   thread_local Groups g;
   fill_groups(g, groups);
-  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0, nullptr, 0};
+  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0};
   const int64_t R = rows_end(groups);
   if (wide_tile()) weights<Wide>(g, args, a, b, R);
   else weights<Narrow>(g, args, a, b, R);

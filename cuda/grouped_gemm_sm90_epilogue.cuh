@@ -54,6 +54,32 @@ __device__ __forceinline__ void store_tile(const float (&acc)[T::kAcc], int cw, 
   }
 }
 
+// One 64 x 64 bf16 chunk of a warpgroup's slab (pair p of each thread: row warp 16 + lane / 4 + 8 (p % 2),
+// columns 8 (p / 2) + 2 (lane % 4) (+ 1)) through the warpgroup's two staging buffers into a TMA store at
+// (col, row). As in store_slab_tma, `ep` counts chunks across tiles and a buffer is rewritten once the
+// store that read it two chunks ago is done reading.
+__device__ __forceinline__ void store_chunk_tma(const uint32_t (&pairs)[16], int cw, uint32_t staging,
+                                                const CUtensorMap& map, int col, int row, int& ep) {
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const bool issuer = (threadIdx.x & 127) == 0;
+  const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
+  if (issuer) bulk_wait_read<1>();
+  warpgroup_bar(cw);
+#pragma unroll
+  for (int p = 0; p < 16; ++p) {
+    const int r = warp * 16 + (lane >> 2) + (p & 1) * 8, c = (p >> 1) * 8 + (lane & 3) * 2;
+    const uint32_t off = uint32_t(r * 128 + ((((c >> 3) ^ (r & 7)) << 4) | ((c & 7) * 2)));
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(buf + off), "r"(pairs[p]) : "memory");
+  }
+  fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+  warpgroup_bar(cw);
+  if (issuer) {
+    tma_store_2d(map, buf, col, row);
+    bulk_commit();
+  }
+  ++ep;
+}
+
 // The staged epilogue of one warpgroup's 64 x BN slab: 128-byte-wide chunks (64 bf16 or 32 f32 columns)
 // go through two 8 KiB buffers with the 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8): the
 // warp's rows land in distinct banks), then one thread's TMA store writes each chunk while the next is
@@ -64,44 +90,48 @@ template <class T, typename OutT>
 __device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int cw, uint32_t staging,
                                                const CUtensorMap& map, int n0, int n_end, int row0, int g, bool add,
                                                int& ep) {
-  constexpr bool kF32 = sizeof(OutT) == 4;
-  constexpr int kChunkCols = kF32 ? 32 : 64, kBlocksPerChunk = kChunkCols / 8;  // 8-column accumulator blocks
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const bool issuer = (threadIdx.x & 127) == 0;
+  if constexpr (sizeof(OutT) == 2) {  // bf16: 64-column chunks
 #pragma unroll
-  for (int q = 0; q < T::kBN / kChunkCols; ++q) {
-    if (n0 + q * kChunkCols >= n_end) break;  // uniform: the rest of the slab lies past N
-    const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
-    if (issuer) bulk_wait_read<1>();
-    warpgroup_bar(cw);
+    for (int q = 0; q < T::kBN / 64; ++q) {
+      if (n0 + q * 64 >= n_end) break;  // uniform: the rest of the slab lies past N
+      uint32_t pairs[16];
 #pragma unroll
-    for (int jj = 0; jj < kBlocksPerChunk; ++jj) {
-      const int j = q * kBlocksPerChunk + jj;
+      for (int p = 0; p < 16; ++p) {
+        const int j = q * 8 + (p >> 1), i = p & 1;
+        pairs[p] = pack_bf16(acc[j * 4 + i * 2], acc[j * 4 + i * 2 + 1]);
+      }
+      store_chunk_tma(pairs, cw, staging, map, n0 + q * 64, row0, ep);
+    }
+  } else {  // f32: 32-column chunks, stored or reduce-added
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const bool issuer = (threadIdx.x & 127) == 0;
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = warp * 16 + (lane >> 2) + i * 8;
-        const float v0 = acc[j * 4 + i * 2], v1 = acc[j * 4 + i * 2 + 1];
-        if constexpr (kF32) {
+    for (int q = 0; q < T::kBN / 32; ++q) {
+      if (n0 + q * 32 >= n_end) break;
+      const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
+      if (issuer) bulk_wait_read<1>();
+      warpgroup_bar(cw);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j = q * 4 + jj;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = warp * 16 + (lane >> 2) + i * 8;
           const int byte = (jj * 8 + (lane & 3) * 2) * 4;  // within the 128-byte row
           const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
-          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
-        } else {
-          const int byte = (jj * 8 + (lane & 3) * 2) * 2;
-          const uint32_t addr = buf + uint32_t(r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15)));
-          const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&p))
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(acc[j * 4 + i * 2]),
+                       "f"(acc[j * 4 + i * 2 + 1])
                        : "memory");
         }
       }
+      fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
+      warpgroup_bar(cw);
+      if (issuer) {
+        tma_store_3d(map, buf, n0 + q * 32, row0, g, add);
+        bulk_commit();
+      }
+      ++ep;
     }
-    fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
-    warpgroup_bar(cw);
-    if (issuer) {
-      if constexpr (kF32) tma_store_3d(map, buf, n0 + q * kChunkCols, row0, g, add);
-      else tma_store_2d(map, buf, n0 + q * kChunkCols, row0);
-      bulk_commit();
-    }
-    ++ep;
   }
 }
 
@@ -160,8 +190,7 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
       silu_mul_value_grads(__bfloat162float(g.x), __bfloat162float(u.x), scale[i] * d0, v0, dg0, du0);
       silu_mul_value_grads(__bfloat162float(g.y), __bfloat162float(u.y), scale[i] * d1, v1, dg1, du1);
       if (n0 + q * 64 + (p >> 1) * 8 + (lane & 3) * 2 < N) ds[i] += d0 * v0 + d1 * v1;  // columns past N hold noise
-      const __nv_bfloat162 pg = __floats2bfloat162_rn(dg0, dg1), pu = __floats2bfloat162_rn(du0, du1);
-      g2[p] = *reinterpret_cast<const uint32_t*>(&pg), u2[p] = *reinterpret_cast<const uint32_t*>(&pu);
+      g2[p] = pack_bf16(dg0, dg1), u2[p] = pack_bf16(du0, du1);
     }
     if (staged) {
       if (issuer) bulk_wait_read<0>();
@@ -202,37 +231,6 @@ __device__ __forceinline__ void swiglu_backward_chunks(const float (&acc)[T::kAc
     if ((lane & 3) == 0 && row0 + 8 * i < m_end)
       args.ds_partial[int64_t(n0 / T::kBN) * args.rows_total + row0 + 8 * i] = ds[i];
   }
-}
-
-// One 64 x 64 bf16 chunk of a warpgroup's slab (pair p of each thread: row warp 16 + lane / 4 + 8 (p % 2),
-// columns 8 (p / 2) + 2 (lane % 4) (+ 1)) through the warpgroup's two staging buffers into a TMA store at
-// (col, row). As in store_slab_tma, `ep` counts chunks across tiles and a buffer is rewritten once the
-// store that read it two chunks ago is done reading.
-__device__ __forceinline__ void store_chunk_tma(const uint32_t (&pairs)[16], int cw, uint32_t staging,
-                                                const CUtensorMap& map, int col, int row, int& ep) {
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const bool issuer = (threadIdx.x & 127) == 0;
-  const uint32_t buf = staging + uint32_t((cw * 2 + (ep & 1)) * kChunkBytes);
-  if (issuer) bulk_wait_read<1>();
-  warpgroup_bar(cw);
-#pragma unroll
-  for (int p = 0; p < 16; ++p) {
-    const int r = warp * 16 + (lane >> 2) + (p & 1) * 8, c = (p >> 1) * 8 + (lane & 3) * 2;
-    const uint32_t off = uint32_t(r * 128 + ((((c >> 3) ^ (r & 7)) << 4) | ((c & 7) * 2)));
-    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(buf + off), "r"(pairs[p]) : "memory");
-  }
-  fence_proxy_async();  // the generic-proxy writes before the copy engine reads them
-  warpgroup_bar(cw);
-  if (issuer) {
-    tma_store_2d(map, buf, col, row);
-    bulk_commit();
-  }
-  ++ep;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float v0, float v1) {
-  const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
-  return *reinterpret_cast<const uint32_t*>(&p);
 }
 
 // SwiGLU's forward as the epilogue of h = x . W1_g^T (kRowsSwiGLU). The tile's W columns are P = W / 2

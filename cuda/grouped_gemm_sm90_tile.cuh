@@ -47,7 +47,7 @@ struct Args {
   const float* row_scale;
   float* ds_partial;
   int64_t rows_total;
-  void* c2;  // kRowsSwiGLU: a = s swiglu(h) (bf16 [rows, N]); c is h = [gate | up]
+  void* c2 = nullptr;  // kRowsSwiGLU: a = s swiglu(h) (bf16 [rows, N]); c is h = [gate | up]
   // Set by the launch where the grid and the n-tiles per block have a common factor: CTA c's n position
   // (c + step x grid) % n_tiles would then repeat within fewer than n_tiles steps (with 4 n-tiles of w1 on
   // 132 SMs a CTA keeps one for good), so the CTAs on a narrow tail tile run ahead of the others sharing
@@ -55,7 +55,7 @@ struct Args {
   // fused w2 dx read 525 and 780 MB from DRAM instead of 287 and 490 (ncu). Turning the positions per
   // wave keeps the tiles of a block on adjacent CTAs of one wave; where the factors are coprime the
   // positions rotate by themselves and the plain order measured as fast or faster.
-  int turn_n;
+  int turn_n = 0;
 };
 
 // The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), the dx

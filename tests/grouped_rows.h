@@ -58,4 +58,15 @@ inline void require_sm90_on_hopper() {
 #endif
 }
 
+// True where the MoE ops must take the sm90 kernels (a device running the sm_90a code, grouped GEMM mode
+// "auto"): the tests then call the fused kernels' entry points and require them to run.
+inline bool expects_sm90_kernel(Device dev) {
+#if ULTRAMEM_CUDA
+  return dev.is_cuda() && cuda::grouped_gemm_sm90_available() && cuda::grouped_gemm_mode() == "auto";
+#else
+  (void)dev;
+  return false;
+#endif
+}
+
 }  // namespace um::testing

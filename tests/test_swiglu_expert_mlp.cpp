@@ -71,7 +71,11 @@ TEST_CASE("grouped linear swiglu forward CUDA matches CPU and the composed GPU o
       const DType dt = dev.is_cuda() ? DType::bf16 : DType::f32;
       Tensor gx = convert(x, dt, dev), gW = convert(W1, dt, dev), gs = sc.to(dev);
       Tensor h = nan_filled({rows, 2 * c.pairs}, dt, dev), a = nan_filled({rows, c.pairs}, dt, dev);
-      if (fused) {
+      if (fused && expects_sm90_kernel(dev)) {  // the fused kernel itself: a silent fallback cannot pass
+#if ULTRAMEM_CUDA
+        REQUIRE(cuda::grouped_linear_swiglu_forward_fused(gx, gW, gs, g, h, a));
+#endif
+      } else if (fused) {
         ops::grouped_linear_swiglu_forward(gx, gW, gs, g, h, a);
       } else {  // the composition the fused kernel replaces
         ops::grouped_linear_forward(gx, gW, g, h);
@@ -132,8 +136,15 @@ TEST_CASE("swiglu grouped linear CUDA matches CPU: tile edges, empty groups, gap
         Tensor dh = acc ? convert(dh0, dt, dev) : nan_filled(h.shape(), dt, dev);
         Tensor ds = acc ? ds0.to(dev) : nan_filled({rows}, DType::f32, dev);
         Tensor dW = acc ? dW0.to(dev) : nan_filled(W.shape(), DType::f32, dev);
-        ops::swiglu_grouped_linear_backward(gh, gs, a, gW, gdy, g, GradSlot{dh, acc}, GradSlot{ds, acc},
-                                            GradSlot{dW, acc});
+        if (!acc && expects_sm90_kernel(dev)) {  // the fused kernel itself (it takes no accumulated dh)
+#if ULTRAMEM_CUDA
+          REQUIRE(cuda::swiglu_grouped_linear_backward_fused(gh, gs, a, gW, gdy, g, GradSlot{dh, acc},
+                                                             GradSlot{ds, acc}, GradSlot{dW, acc}));
+#endif
+        } else {
+          ops::swiglu_grouped_linear_backward(gh, gs, a, gW, gdy, g, GradSlot{dh, acc}, GradSlot{ds, acc},
+                                              GradSlot{dW, acc});
+        }
         return std::vector<std::vector<double>>{y.to_doubles(), dh.to_doubles(), dW.to_doubles(), ds.to_doubles()};
       };
       const auto ref = run(Device::cpu()), gpu = run(Device::cuda()), again = run(Device::cuda());
