@@ -468,7 +468,7 @@ void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_sc
   thread_local Groups g;
   fill_groups(g, groups);
   if (g.tile_start[g.count] == 0) return;
-  const Args args{h, 2 * N, 0, 0, int(N), int(K), 0, row_scale, nullptr, 0, a, 0};
+  const Args args{h, 2 * N, 0, 0, int(N), int(K), 0, row_scale, nullptr, 0, a};
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows_swiglu<Wide>(g, args, x, w1, h, a, R);
   else rows_swiglu<Narrow>(g, args, x, w1, h, a, R);
