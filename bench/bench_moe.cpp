@@ -9,7 +9,10 @@
 // forward for the group sizes, so events would measure the same).
 //
 //   bench-moe [--tokens N] [--reps R] [--warmup W] [--case SUBSTRING] [--mode auto|grouped|loop] [--layer-only]
+//             [--shape E,K,H]...
 //
+// --shape replaces the three standard cases by top-K of E experts of hidden H (repeatable): other
+// expert widths at the same layer, e.g. to see what a width that is no multiple of 64 costs.
 // --case / --mode / --layer-only narrow the run to one layer and path; --profile dense|moe brackets that layer's
 // timed reps with cudaProfilerStart/Stop, for `ncu --profile-from-start off` or `nsys --capture-range=cudaProfilerApi`.
 #include <algorithm>
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
   int64_t tokens = 16384, reps = 10, warmup = 3;
   std::string only_case, only_mode, profile;
   bool layer_only = false;
+  std::vector<Case> shapes;
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--layer-only")) layer_only = true;
@@ -97,7 +101,18 @@ int main(int argc, char** argv) {
     else if (has_value && !std::strcmp(argv[i], "--case")) only_case = argv[++i];
     else if (has_value && !std::strcmp(argv[i], "--mode")) only_mode = argv[++i];
     else if (has_value && !std::strcmp(argv[i], "--profile")) profile = argv[++i];
-    else {
+    else if (has_value && !std::strcmp(argv[i], "--shape")) {
+      long long e = 0, k = 0, h = 0;
+      char tail = 0;
+      if (std::sscanf(argv[++i], "%lld,%lld,%lld%c", &e, &k, &h, &tail) != 3 || e < 1 || k < 1 || k > e || h < 8 ||
+          h % 8) {
+        std::fprintf(stderr, "bench-moe: --shape wants E,K,H with 1 <= K <= E and H a multiple of 8, got '%s'\n",
+                     argv[i]);
+        return 2;
+      }
+      shapes.push_back({"top-" + std::to_string(k) + " of " + std::to_string(e) + ", h " + std::to_string(h), e, k, h,
+                        k * h});
+    } else {
       std::fprintf(stderr, "bench-moe: unknown or incomplete argument '%s'\n", argv[i]);
       return 2;
     }
@@ -113,11 +128,12 @@ int main(int argc, char** argv) {
 #if ULTRAMEM_CUDA
   try {
     const int64_t d = 768;
-    const std::vector<Case> cases = {
-        {"top-2 of 8, h 4992", 8, 2, 4992, 9984},
-        {"top-2 of 8, h 1632 (moe-top2-of-8)", 8, 2, 1632, 3264},
-        {"top-8 of 64, h 408 (olmoe-top8-of-64)", 64, 8, 408, 3264},
-    };
+    const std::vector<Case> cases = !shapes.empty() ? shapes
+                                                    : std::vector<Case>{
+                                                          {"top-2 of 8, h 4992", 8, 2, 4992, 9984},
+                                                          {"top-2 of 8, h 1632 (moe-top2-of-8)", 8, 2, 1632, 3264},
+                                                          {"top-8 of 64, h 408 (olmoe-top8-of-64)", 64, 8, 408, 3264},
+                                                      };
     const Device dev = Device::cuda();
     Tensor x = param({tokens, d}, 1.0, 1), dy = param({tokens, d}, 1e-2, 2);
     // x is an activation: its gradient has the activation dtype (a persistent buffer, so no arena
@@ -148,7 +164,7 @@ int main(int argc, char** argv) {
       wp = Tensor(), wo = Tensor();
 
       Tensor router = param({c.experts, d}, 0.02, 5);
-      Tensor w1 = param({c.experts, 2 * c.hidden, d}, 0.02, 6), w2 = param({c.experts, d, c.hidden}, 0.02, 7);
+      Tensor w1 = param({c.experts, 2 * c.hidden, d}, 0.02, 6), w2 = param({c.experts, c.hidden, d}, 0.02, 7);
       nn::MoeLayerOptions o;
       o.num_experts = c.experts;
       o.swiglu = true;
