@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 const __grid_constant__ CUtensorMap map_du, const __grid_constant__ CUtensorMap map_b2,
                 const __grid_constant__ Groups groups, const Args args, int tiles) {
 #ifdef UM_SM90_DEVICE
-  constexpr bool kAmn = kMode == kWeights, kBmn = kMode != kRowsKB && kMode != kRowsSwiGLU;
+  constexpr bool kAmn = kMode == kWeights, kBmn = kMode == kRowsMNB || kMode == kWeights;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, 1)
               }
           } else {
             for (int p = 0; p < b_units; ++p) {
-              if constexpr (kMode == kRowsKB)  // W [G N, K]
+              if constexpr (!kBmn)  // W [G N, K]
                 tma_2d(b + uint32_t(kBoxBytes * p), map_b, k0, c.g * args.N + c.n0 + 64 * p, full);
               else  // W [G][K][N]
                 tma_3d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, k0, c.g, full);
@@ -371,13 +371,13 @@ void rows(const Groups& g, const Args& args, const bf16* a, const bf16* b, bool 
   }
 }
 
-// dh = [dgate | dup] (bf16 [rows, 2 N]) from dact = dy . W_g (dy [rows, K], W [G][K][N]) and h = [gate | up].
+// dh = [dgate | dup] (bf16 [rows, 2 N]) from dact = dy . W_g^T (dy [rows, K], W [G][N][K]) and h = [gate | up].
 template <class T>
 void rows_swiglu_backward(const Groups& g, const Args& args, const bf16* dy, const bf16* w, const bf16* h, bf16* dh,
                           int64_t rows_total) {
   const uint64_t N = uint64_t(args.N), K = uint64_t(args.K), G = uint64_t(g.count), R = uint64_t(rows_total);
   const CUtensorMap ma = tensor_map<2>(dy, {K, R}, {K}, {uint32_t(kBK), uint32_t(kBM)});
-  const CUtensorMap mb = tensor_map<3>(w, {N, K, G}, {N, K * N}, {64u, uint32_t(kBK), 1u});
+  const CUtensorMap mb = tensor_map<2>(w, {K, G * N}, {K}, {uint32_t(kBK), 64u});  // K-major, as the forward's
   const CUtensorMap mh = tensor_map<2>(h, {2 * N, R}, {2 * N}, {64u, 64u});
   const CUtensorMap mdg = half_map(dh, 0, N, R), mdu = half_map(dh, 1, N, R);
   const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * g.tile_start[g.count];

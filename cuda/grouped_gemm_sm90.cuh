@@ -7,8 +7,8 @@
 // the k tail, the n tail) are exact without padding the tensors. The two kinds of product the layer
 // needs:
 //   rows:    C[r, n] = sum_k A[r, k] B_g[n, k] for rows r of group g (forward, dx)   A row-major [rows, K]
-//            B_g K-major ([N, K], forward) or MN-major ([K, N], dx = dy . W_g); two with SwiGLU in the
-//            epilogue (W1's forward writing h and a = s swiglu(h); W2's dx turning dact into dh)
+//            B_g K-major ([N, K]) or MN-major ([K, N]); two with SwiGLU in the epilogue (W1's forward
+//            writing h and a = s swiglu(h); W2's dx turning dact into dh, B K-major)
 //   weights: C_g[m, n] = sum over the group's rows r of A[r, m] B[r, n] (dW_g = dy_g^T x_g), both MN-major
 // Each CTA walks tiles blockIdx.x, + gridDim.x, ...; where that would pin a CTA to one n position the
 // positions turn per wave (Args::turn_n).
@@ -37,7 +37,7 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
                        const ops::RowGroups& groups, bool accumulate);
 
 // rows with SwiGLU's backward in the epilogue, for a = s[r] swiglu(h[r]): dact = dy (bf16 [rows, K]) .
-// W_g (W [G][K][N], as the MN-major rows product) never reaches memory; each element goes with
+// W_g^T (W [G][N][K], K-major as the forward's: the experts' w2 [G, h, d]) never reaches memory; each element goes with
 // h = [gate | up] (bf16 [rows, 2 N]) and s (f32 [rows]) into dh = [dgate | dup] (bf16 [rows, 2 N], not
 // accumulated) and into ds_partial[n_tile][r] (f32 [swiglu_backward_n_tiles(N)][rows]): the sum over the
 // tile's columns of dact silu(gate) up, ds's share from n-tile n_tile. Rows outside every group are not

@@ -5,13 +5,16 @@
 // UM_GROUPED_GEMM=grouped|loop forces a cuBLAS path (any other value is an error). Where cuBLAS declines
 // a type combination for the grouped call it loops.
 //
-// Row-major tensors are column-major transposes (as cuda/linear.cu), for group g with n_g rows:
+// Row-major tensors are column-major transposes (as cuda/linear.cu), for group g with n_g rows and W_g
+// [out, in] (out_in; in_out stores W_g^T, which flips W's op and swaps dW's operands):
 //   forward  y_g^T [out, n_g] = W_g (op T) . x_g^T     m = out, n = n_g, k = in
 //   dx       dx_g^T [in, n_g] = W_g^T      . dy_g^T    m = in,  n = n_g, k = out
 //   dW       dW_g^T [in, out] = x_g^T      . dy_g (op T)  m = in, n = out, k = n_g   (f32 out, beta = acc)
+//   in_out:  dW_g^T [out, in] = dy_g^T     . x_g (op T)   m = out, n = in, k = n_g
 // Sizes are host values (the MoE plan copied them to the host), so building the problem list costs no
 // synchronisation. The grouped call wants device arrays of A/B/C pointers: a one-block kernel writes
 // them from kernel parameters (no host-to-device copy from pageable memory, which would synchronise).
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -159,10 +162,9 @@ bool aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 1
 
 bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
   if (grouped_gemm_mode() != "auto") return false;
-  const int64_t in = W.dim(2), out = W.dim(1);
-  // TMA coordinates are 32-bit: the stacked weight rows (groups x out) must fit.
-  return x.dtype() == DType::bf16 && in % 8 == 0 && out % 8 == 0 && groups.count() <= sm90::kMaxGroups &&
-         W.dim(0) * out < int64_t(INT32_MAX) &&
+  // TMA coordinates are 32-bit: the stacked weight rows (groups x out, or x in for in_out) must fit.
+  return x.dtype() == DType::bf16 && W.dim(1) % 8 == 0 && W.dim(2) % 8 == 0 && groups.count() <= sm90::kMaxGroups &&
+         W.dim(0) * std::max(W.dim(1), W.dim(2)) < int64_t(INT32_MAX) &&
          x.dim(0) > 0 && x.dim(0) < int64_t(INT32_MAX) && aligned(x) && aligned(W) && sm90::available();
 }
 
@@ -181,50 +183,56 @@ std::string grouped_gemm_mode() {
   return mode_ref();
 }
 
-void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y) {
-  const int64_t rows = x.dim(0), in = W.dim(2), out = W.dim(1);
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y,
+                            ops::GroupedWeight layout) {
+  const bool oi = layout == ops::GroupedWeight::out_in;
+  const int64_t rows = x.dim(0), in = W.dim(oi ? 2 : 1), out = W.dim(oi ? 1 : 2);
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(y.data(), 0, y.nbytes(), stream()));
-  if (use_sm90(x, W, groups)) {
-    sm90::grouped_gemm_rows(x.data_as<bf16>(), W.data_as<bf16>(), false, y.data_as<bf16>(), out, in,
-                            groups, false);
+  if (use_sm90(x, W, groups)) {  // W_g [out, in] is the product's K-major B; in_out's [in, out] its MN-major B
+    sm90::grouped_gemm_rows(x.data_as<bf16>(), W.data_as<bf16>(), !oi, y.data_as<bf16>(), out, in, groups, false);
     return;
   }
   std::vector<Problem> ps;
   for (int64_t g = 0; g < groups.count(); ++g) {
     const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
     if (n == 0) continue;
-    ps.push_back({CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in), byte_ptr(W, g * out * in), int(in),
-                  byte_ptr(x, s * in), int(in), byte_ptr_mut(y, s * out), int(out)});
+    ps.push_back({oi ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(out), int(n), int(in), byte_ptr(W, g * out * in),
+                  int(oi ? in : out), byte_ptr(x, s * in), int(in), byte_ptr_mut(y, s * out), int(out)});
   }
   const cudaDataType_t t = type_of(x.dtype());
   run_problems(ps, t, t, false, x.device());
 }
 
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
-                             const GradSlot& dx, const GradSlot& dW) {
-  const int64_t rows = x.dim(0), in = W.dim(2), out = W.dim(1);
+                             const GradSlot& dx, const GradSlot& dW, ops::GroupedWeight layout) {
+  const bool oi = layout == ops::GroupedWeight::out_in;
+  const int64_t rows = x.dim(0), in = W.dim(oi ? 2 : 1), out = W.dim(oi ? 1 : 2);
   const cudaDataType_t t = type_of(x.dtype());
   const bool sm90_ok = use_sm90(x, W, groups) && aligned(dy);
   if (dx) {
     if (!dx.accumulate && !groups.covers(rows) && rows > 0)
       UM_CUDA(cudaMemsetAsync(dx.grad.data(), 0, dx.grad.nbytes(), stream()));
-    if (sm90_ok) {  // dx = dy . W_g: W_g [out, in] is the MN-major B of a product over out
-      sm90::grouped_gemm_rows(dy.data_as<bf16>(), W.data_as<bf16>(), true, dx.grad.data_as<bf16>(), in, out,
-                              groups, dx.accumulate);
+    if (sm90_ok) {  // dx = dy . W_g: W_g [out, in] is the MN-major B of a product over out; in_out's K-major
+      sm90::grouped_gemm_rows(dy.data_as<bf16>(), W.data_as<bf16>(), oi, dx.grad.data_as<bf16>(), in, out, groups,
+                              dx.accumulate);
     } else {
       std::vector<Problem> ps;
       for (int64_t g = 0; g < groups.count(); ++g) {
         const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
         if (n == 0) continue;
-        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_N, int(in), int(n), int(out), byte_ptr(W, g * out * in), int(in),
-                      byte_ptr(dy, s * out), int(out), byte_ptr_mut(dx.grad, s * in), int(in)});
+        ps.push_back({oi ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, int(in), int(n), int(out), byte_ptr(W, g * out * in),
+                      int(oi ? in : out), byte_ptr(dy, s * out), int(out), byte_ptr_mut(dx.grad, s * in), int(in)});
       }
       run_problems(ps, t, t, dx.accumulate, x.device());
     }
   }
-  if (dW && sm90_ok && dW.grad.dtype() == DType::f32) {
-    sm90::grouped_gemm_weights(dy.data_as<bf16>(), x.data_as<bf16>(), dW.grad.data_as<float>(), out, in,
-                               groups, dW.accumulate);
+  if (dW && sm90_ok && dW.grad.dtype() == DType::f32) {  // dW_g = dy_g^T x_g, or x_g^T dy_g for in_out
+    if (oi)
+      sm90::grouped_gemm_weights(dy.data_as<bf16>(), x.data_as<bf16>(), dW.grad.data_as<float>(), out, in, groups,
+                                 dW.accumulate);
+    else
+      sm90::grouped_gemm_weights(x.data_as<bf16>(), dy.data_as<bf16>(), dW.grad.data_as<float>(), in, out, groups,
+                                 dW.accumulate);
     return;
   }
   if (dW) {
@@ -237,8 +245,12 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
           UM_CUDA(cudaMemsetAsync(dwg, 0, size_t(out * in) * dtype_size(dW.grad.dtype()), stream()));
         continue;
       }
-      ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(in), int(out), int(n), byte_ptr(x, s * in), int(in),
-                    byte_ptr(dy, s * out), int(out), dwg, int(in)});
+      if (oi)
+        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(in), int(out), int(n), byte_ptr(x, s * in), int(in),
+                      byte_ptr(dy, s * out), int(out), dwg, int(in)});
+      else
+        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(out), int(in), int(n), byte_ptr(dy, s * out), int(out),
+                      byte_ptr(x, s * in), int(in), dwg, int(out)});
     }
     run_problems(ps, t, type_of(dW.grad.dtype()), dW.accumulate, x.device());
   }
@@ -280,7 +292,7 @@ bool grouped_linear_swiglu_forward_fused(const Tensor& x, const Tensor& W1, cons
 bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                           const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
                                           const GradSlot& ds, const GradSlot& dW) {
-  const int64_t rows = a.dim(0), in = W.dim(2), out = W.dim(1);
+  const int64_t rows = a.dim(0), in = W.dim(1), out = W.dim(2);  // W [G, in = h, out = d']
   if (!dh || dh.accumulate || !use_sm90(a, W, groups) || !aligned(dy) || !aligned(h) || !aligned(dh.grad))
     return false;
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(dh.grad.data(), 0, dh.grad.nbytes(), stream()));
@@ -297,7 +309,7 @@ bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, cons
                           stream()>>>(partial, tiles, rows, ds.grad.data_as<float>(), ds.accumulate);
     UM_CUDA_LAUNCHED();
   }
-  if (dW) cuda::grouped_linear_backward(a, W, dy, groups, GradSlot{}, dW);
+  if (dW) cuda::grouped_linear_backward(a, W, dy, groups, GradSlot{}, dW, ops::GroupedWeight::in_out);
   return true;
 }
 

@@ -76,7 +76,7 @@ double gelu_ref(double v) { return 0.5 * v * (1 + std::tanh(0.7978845608028654 *
 // y[t] = sum_j w[t, j] MLP_{e_j}(x[t]) in double, straight from the definitions.
 std::vector<double> naive_moe(const Tensor& x, const Tensor& w1, const Tensor& w2, const std::vector<int64_t>& experts,
                               const std::vector<double>& weights, int64_t k, bool swiglu) {
-  const int64_t N = x.dim(0), d = x.dim(1), h = w2.dim(2), hin = w1.dim(1);
+  const int64_t N = x.dim(0), d = x.dim(1), h = w2.dim(1), hin = w1.dim(1);
   std::vector<double> vx = x.to_doubles(), v1 = w1.to_doubles(), v2 = w2.to_doubles(), y(size_t(N * d), 0.0);
   for (int64_t t = 0; t < N; ++t)
     for (int64_t j = 0; j < k; ++j) {
@@ -94,7 +94,7 @@ std::vector<double> naive_moe(const Tensor& x, const Tensor& w1, const Tensor& w
       }
       for (int64_t c = 0; c < d; ++c) {
         double s = 0;
-        for (int64_t o = 0; o < h; ++o) s += v2[size_t((e * d + c) * h + o)] * a[size_t(o)];
+        for (int64_t o = 0; o < h; ++o) s += v2[size_t((e * h + o) * d + c)] * a[size_t(o)];
         y[size_t(t * d + c)] += weights[size_t(t * k + j)] * s;
       }
     }
@@ -234,6 +234,19 @@ TEST_CASE("grouped linear: CPU values per group and float64 gradcheck", "[moe][o
     W.set_requires_grad(true);
     CHECK(gradcheck([g](const std::vector<Tensor>& in) { return ops::grouped_linear(in[0], in[1], g); }, {x, W}) <
           kTolGradcheck);
+    // in_out: W [G, in, out] holds each W_g transposed, and gives the same product.
+    const std::vector<double> vw = W.to_doubles();
+    std::vector<double> vt(vw.size());
+    for (int64_t q = 0; q < 4; ++q)
+      for (int64_t o = 0; o < 6; ++o)
+        for (int64_t c = 0; c < 5; ++c) vt[size_t((q * 5 + c) * 6 + o)] = vw[size_t((q * 6 + o) * 5 + c)];
+    Tensor Wt = Tensor::from_doubles(vt, Shape{4, 5, 6}, DType::f64, Device::cpu());
+    CHECK(rel_error(ops::grouped_linear(x, Wt, g, ops::GroupedWeight::in_out), ops::grouped_linear(x, W, g)) < 1e-15);
+    Wt.set_requires_grad(true);
+    CHECK(gradcheck([g](const std::vector<Tensor>& in) { return ops::grouped_linear(in[0], in[1], g, ops::GroupedWeight::in_out); },
+                    {x, Wt}) < kTolGradcheck);
+    CHECK_THROWS_WITH(ops::grouped_linear(x, W, g, ops::GroupedWeight::in_out),
+                      Catch::Contains("grouped_linear: x") && Catch::Contains("rows of 6"));
   }
   ops::RowGroups bad{{0, 2}, {3, 1}};
   Tensor x = randn({4, 5}, DType::f32, Device::cpu(), 34), W = randn({2, 6, 5}, DType::f32, Device::cpu(), 35);
@@ -254,7 +267,7 @@ LayerInputs layer_inputs(int64_t N, int64_t d, int64_t E, int64_t h, bool swiglu
   in.x = randn({N, d}, dt, Device::cpu(), seed, 1.0);
   in.router = randn({E, d}, dt, Device::cpu(), seed + 1, 0.5);
   in.w1 = randn({E, swiglu ? 2 * h : h, d}, dt, Device::cpu(), seed + 2, 1.0 / std::sqrt(double(d)));
-  in.w2 = randn({E, d, h}, dt, Device::cpu(), seed + 3, 1.0 / std::sqrt(double(h)));
+  in.w2 = randn({E, h, d}, dt, Device::cpu(), seed + 3, 1.0 / std::sqrt(double(h)));
   return in;
 }
 
@@ -538,41 +551,45 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
       {64, 136, repeat({0, 1, 127, 128, 129, 0, 300}, 4)},  // m-tile edges, empty groups, n tail (136 = 128 + 8)
       {200, 72, repeat({5, -3, 260, 0, -17, 64}, 6)},       // k tail (200 = 3 x 64 + 8), rows outside every group
       {768, 816, repeat({130, 1, 0, 61}, 6)},               // the olmoe expert width (816 = 2 x 408)
-      {408, 768, repeat({131, 65}, 9)},                     // its down projection (k 408)
+      {408, 768, repeat({131, 65}, 9)},                     // its down projection (k 408; w2's in_out layout)
   };
   for (const Case& c : cases) {
     int64_t rows = 0;
     const ops::RowGroups g = groups_of(c.sizes, rows);
     const int64_t G = g.count();
-    INFO("in " << c.in << " out " << c.out << " rows " << rows << " groups " << G);
-    const Tensor x = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 90), DType::bf16);
-    const Tensor W = rounded(randn({G, c.out, c.in}, DType::f32, Device::cpu(), 91, 0.1), DType::bf16);
-    const Tensor dy = rounded(randn({rows, c.out}, DType::f32, Device::cpu(), 92), DType::bf16);
-    const Tensor dx0 = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 93), DType::bf16);
-    const Tensor dW0 = randn({G, c.out, c.in}, DType::f32, Device::cpu(), 94);
-    for (bool acc : {false, true}) {
-      INFO("accumulate " << acc);
-      auto run = [&](Device dev) {
-        const DType dt = dev.is_cuda() ? DType::bf16 : DType::f32;
-        Tensor gx = convert(x, dt, dev), gW = convert(W, dt, dev), gdy = convert(dy, dt, dev);
-        Tensor y = nan_filled({rows, c.out}, dt, dev);
-        ops::grouped_linear_forward(gx, gW, g, y);
-        Tensor dx = acc ? convert(dx0, dt, dev) : nan_filled({rows, c.in}, dt, dev);
-        Tensor dW = acc ? dW0.to(dev) : nan_filled(W.shape(), DType::f32, dev);
-        ops::grouped_linear_backward(gx, gW, gdy, g, GradSlot{dx, acc}, GradSlot{dW, acc});
-        return std::vector<std::vector<double>>{y.to_doubles(), dx.to_doubles(), dW.to_doubles()};
-      };
-      const auto ref = run(Device::cpu()), gpu = run(Device::cuda()), again = run(Device::cuda());
-      CHECK(rel_error(gpu[0], ref[0]) < kTolBF16);
-      CHECK(rel_error(gpu[1], ref[1]) < kTolBF16);
-      CHECK(rel_error(gpu[2], ref[2]) < 1e-4);  // f32 master gradient of bf16 products
-      // Rows outside every group: y = 0, dx = 0 (accumulate: unchanged) exactly.
-      for (int64_t r : rows_outside(g, rows)) {
-        CHECK(gpu[0][size_t(r * c.out)] == 0.0);
-        CHECK(gpu[1][size_t(r * c.in)] == ref[1][size_t(r * c.in)]);
+    for (ops::GroupedWeight layout : {ops::GroupedWeight::out_in, ops::GroupedWeight::in_out}) {
+      const bool oi = layout == ops::GroupedWeight::out_in;
+      INFO("in " << c.in << " out " << c.out << " rows " << rows << " groups " << G << (oi ? " out_in" : " in_out"));
+      const Shape ws = oi ? Shape{G, c.out, c.in} : Shape{G, c.in, c.out};
+      const Tensor x = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 90), DType::bf16);
+      const Tensor W = rounded(randn(ws, DType::f32, Device::cpu(), 91, 0.1), DType::bf16);
+      const Tensor dy = rounded(randn({rows, c.out}, DType::f32, Device::cpu(), 92), DType::bf16);
+      const Tensor dx0 = rounded(randn({rows, c.in}, DType::f32, Device::cpu(), 93), DType::bf16);
+      const Tensor dW0 = randn(ws, DType::f32, Device::cpu(), 94);
+      for (bool acc : {false, true}) {
+        INFO("accumulate " << acc);
+        auto run = [&](Device dev) {
+          const DType dt = dev.is_cuda() ? DType::bf16 : DType::f32;
+          Tensor gx = convert(x, dt, dev), gW = convert(W, dt, dev), gdy = convert(dy, dt, dev);
+          Tensor y = nan_filled({rows, c.out}, dt, dev);
+          ops::grouped_linear_forward(gx, gW, g, y, layout);
+          Tensor dx = acc ? convert(dx0, dt, dev) : nan_filled({rows, c.in}, dt, dev);
+          Tensor dW = acc ? dW0.to(dev) : nan_filled(W.shape(), DType::f32, dev);
+          ops::grouped_linear_backward(gx, gW, gdy, g, GradSlot{dx, acc}, GradSlot{dW, acc}, layout);
+          return std::vector<std::vector<double>>{y.to_doubles(), dx.to_doubles(), dW.to_doubles()};
+        };
+        const auto ref = run(Device::cpu()), gpu = run(Device::cuda()), again = run(Device::cuda());
+        CHECK(rel_error(gpu[0], ref[0]) < kTolBF16);
+        CHECK(rel_error(gpu[1], ref[1]) < kTolBF16);
+        CHECK(rel_error(gpu[2], ref[2]) < 1e-4);  // f32 master gradient of bf16 products
+        // Rows outside every group: y = 0, dx = 0 (accumulate: unchanged) exactly.
+        for (int64_t r : rows_outside(g, rows)) {
+          CHECK(gpu[0][size_t(r * c.out)] == 0.0);
+          CHECK(gpu[1][size_t(r * c.in)] == ref[1][size_t(r * c.in)]);
+        }
+        for (size_t i = 0; i < gpu.size(); ++i) CHECK(gpu[i] == again[i]);  // bitwise reproducible
+        arena_for(Device::cpu()).reset();
       }
-      for (size_t i = 0; i < gpu.size(); ++i) CHECK(gpu[i] == again[i]);  // bitwise reproducible
-      arena_for(Device::cpu()).reset();
     }
   }
 }

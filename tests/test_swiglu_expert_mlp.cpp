@@ -19,12 +19,13 @@ TEST_CASE("swiglu expert mlp: CPU equals the composed grouped linears and SwiGLU
     INFO("gaps " << gaps);
     for (DType dt : {DType::f32, DType::f64}) {
       Tensor x = randn({rows, 6}, dt, Device::cpu(), 39), W1 = randn({4, 10, 6}, dt, Device::cpu(), 40);
-      Tensor W2 = randn({4, 7, 5}, dt, Device::cpu(), 41), s = randn({rows}, dt, Device::cpu(), 47);
-      const Tensor expect = ops::grouped_linear(ops::scale_rows(ops::swiglu(ops::grouped_linear(x, W1, g)), s), W2, g);
+      Tensor W2 = randn({4, 5, 7}, dt, Device::cpu(), 41), s = randn({rows}, dt, Device::cpu(), 47);
+      const Tensor expect = ops::grouped_linear(ops::scale_rows(ops::swiglu(ops::grouped_linear(x, W1, g)), s), W2, g,
+                                                ops::GroupedWeight::in_out);
       CHECK(rel_error(ops::swiglu_expert_mlp(x, W1, s, W2, g), expect) < (dt == DType::f32 ? kTolF32 : 1e-15));
     }
     Tensor x = randn({rows, 6}, DType::f64, Device::cpu(), 42), W1 = randn({4, 10, 6}, DType::f64, Device::cpu(), 43);
-    Tensor W2 = randn({4, 7, 5}, DType::f64, Device::cpu(), 44), s = randn({rows}, DType::f64, Device::cpu(), 48);
+    Tensor W2 = randn({4, 5, 7}, DType::f64, Device::cpu(), 44), s = randn({rows}, DType::f64, Device::cpu(), 48);
     for (Tensor* t : {&x, &W1, &s, &W2}) t->set_requires_grad(true);
     CHECK(gradcheck([g](const std::vector<Tensor>& in) { return ops::swiglu_expert_mlp(in[0], in[1], in[2], in[3], g); },
                     {x, W1, s, W2}) < kTolGradcheck);
@@ -32,7 +33,7 @@ TEST_CASE("swiglu expert mlp: CPU equals the composed grouped linears and SwiGLU
   int64_t rows = 0;
   const ops::RowGroups g = groups_of({2, 2}, rows);
   const Tensor x = randn({rows, 6}, DType::f32, Device::cpu(), 45), s = randn({rows}, DType::f32, Device::cpu(), 49);
-  const Tensor W1 = randn({2, 10, 6}, DType::f32, Device::cpu(), 44), W2 = randn({2, 7, 5}, DType::f32, Device::cpu(), 46);
+  const Tensor W1 = randn({2, 10, 6}, DType::f32, Device::cpu(), 44), W2 = randn({2, 5, 7}, DType::f32, Device::cpu(), 46);
   CHECK_THROWS_WITH(ops::swiglu_expert_mlp(x, randn({2, 12, 6}, DType::f32, Device::cpu(), 50), s, W2, g),
                     Catch::Contains("swiglu_expert_mlp: W1 [groups, 2 h, d] and W2"));
   CHECK_THROWS_WITH(ops::swiglu_expert_mlp(randn({rows, 5}, DType::f32, Device::cpu(), 51), W1, s, W2, g),
@@ -104,7 +105,7 @@ TEST_CASE("swiglu grouped linear CUDA matches CPU: tile edges, empty groups, gap
   require_sm90_on_hopper();  // there the default path is the fused kernel
   PoisonArena poison(Device::cuda());
   struct Case {
-    int64_t in, out;  // W [G, out, in]; h [rows, 2 in]
+    int64_t in, out;  // W [G, in, out] (w2's layout); h [rows, 2 in]
     std::vector<int64_t> sizes;
   };
   const std::vector<Case> cases = {
@@ -120,10 +121,10 @@ TEST_CASE("swiglu grouped linear CUDA matches CPU: tile edges, empty groups, gap
     const int64_t G = g.count();
     INFO("in " << c.in << " out " << c.out << " rows " << rows << " groups " << G);
     const Tensor h = rounded(randn({rows, 2 * c.in}, DType::f32, Device::cpu(), 50), DType::bf16);
-    const Tensor W = rounded(randn({G, c.out, c.in}, DType::f32, Device::cpu(), 51, 0.1), DType::bf16);
+    const Tensor W = rounded(randn({G, c.in, c.out}, DType::f32, Device::cpu(), 51, 0.1), DType::bf16);
     const Tensor dy = rounded(randn({rows, c.out}, DType::f32, Device::cpu(), 52), DType::bf16);
     const Tensor dh0 = rounded(randn({rows, 2 * c.in}, DType::f32, Device::cpu(), 53), DType::bf16);
-    const Tensor dW0 = randn({G, c.out, c.in}, DType::f32, Device::cpu(), 54);
+    const Tensor dW0 = randn({G, c.in, c.out}, DType::f32, Device::cpu(), 54);
     const Tensor sc = randn({rows}, DType::f32, Device::cpu(), 55), ds0 = randn({rows}, DType::f32, Device::cpu(), 56);
     for (bool acc : {false, true}) {
       INFO("accumulate " << acc);
@@ -132,7 +133,7 @@ TEST_CASE("swiglu grouped linear CUDA matches CPU: tile edges, empty groups, gap
         Tensor gh = convert(h, dt, dev), gW = convert(W, dt, dev), gdy = convert(dy, dt, dev), gs = sc.to(dev);
         Tensor a = nan_filled({rows, c.in}, dt, dev), y = nan_filled({rows, c.out}, dt, dev);
         ops::swiglu_forward(gh, a, gs);
-        ops::grouped_linear_forward(a, gW, g, y);
+        ops::grouped_linear_forward(a, gW, g, y, ops::GroupedWeight::in_out);
         Tensor dh = acc ? convert(dh0, dt, dev) : nan_filled(h.shape(), dt, dev);
         Tensor ds = acc ? ds0.to(dev) : nan_filled({rows}, DType::f32, dev);
         Tensor dW = acc ? dW0.to(dev) : nan_filled(W.shape(), DType::f32, dev);

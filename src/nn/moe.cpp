@@ -32,7 +32,7 @@ MoeLayerResult moe_layer(const Tensor& x, const Tensor& router, const Tensor& w1
                                   r.plan);
   Tensor ys = o.swiglu ? ops::swiglu_expert_mlp(xs, w1, w, w2, r.plan.groups)
                        : ops::grouped_linear(ops::scale_rows(ops::gelu(ops::grouped_linear(xs, w1, r.plan.groups)), w),
-                                             w2, r.plan.groups);
+                                             w2, r.plan.groups, ops::GroupedWeight::in_out);
   r.y = ops::moe_combine(ys, r.plan);
   return r;
 }
@@ -53,7 +53,8 @@ Moe::Moe(const ModelConfig& cfg, int layer, const std::string& prefix, Parameter
   router_ = &ps.add(p + ".router.layer.weight", {E, d}, ParamInit::normal(cfg.init_std), ParamKind::matrix);
   w1_ = &ps.add(p + ".experts.mlp.w1", {E, opts_.swiglu ? 2 * h : h, d}, ParamInit::normal(cfg.init_std),
                 ParamKind::matrix);
-  w2_ = &ps.add(p + ".experts.mlp.w2", {E, d, h}, ParamInit::normal(out_std), ParamKind::matrix);
+  // [E, h, d] as OLMo-core: the d-wide rows start on 128-byte lines whatever h is (ops/grouped_linear.h).
+  w2_ = &ps.add(p + ".experts.mlp.w2", {E, h, d}, ParamInit::normal(out_std), ParamKind::matrix);
   if (cfg.moe_shared_expert_hidden > 0) {
     ModelConfig shared = cfg;
     shared.mlp_hidden = cfg.moe_shared_expert_hidden;

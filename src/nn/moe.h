@@ -27,7 +27,7 @@ struct MoeLayerResult {
 
 // The layer as a function of its tensors (the module below, tests and bench-moe use it):
 // x [N, d]; router [E, d]; w1 [E, h_in, d] with h_in = 2h ([gate | up] per expert) for SwiGLU, h for
-// GELU; w2 [E, d, h]. Router logits are computed in fp32 (f64 when x is f64: gradchecks).
+// GELU; w2 [E, h, d] (OLMo-core's layout). Router logits are computed in fp32 (f64 when x is f64: gradchecks).
 MoeLayerResult moe_layer(const Tensor& x, const Tensor& router, const Tensor& w1, const Tensor& w2,
                          const MoeLayerOptions& o);
 

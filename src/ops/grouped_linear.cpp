@@ -18,14 +18,19 @@ bool RowGroups::covers(int64_t rows) const {
   return next == rows;
 }
 
-static void check_groups(const Tensor& x, const Tensor& W, const RowGroups& groups, const char* op) {
+static int64_t in_of(const Tensor& W, GroupedWeight layout) { return W.dim(layout == GroupedWeight::out_in ? 2 : 1); }
+static int64_t out_of(const Tensor& W, GroupedWeight layout) { return W.dim(layout == GroupedWeight::out_in ? 1 : 2); }
+
+static void check_groups(const Tensor& x, const Tensor& W, const RowGroups& groups, const char* op,
+                         GroupedWeight layout = GroupedWeight::out_in) {
   if (!x.defined() || x.ndim() != 2) throw Error(detail::concat(op, ": x"), "a 2-d input [rows, in]", x.desc());
+  const char* want = layout == GroupedWeight::out_in ? "a 3-d weight [groups, out, in]" : "a 3-d weight [groups, in, out]";
   if (!W.defined() || W.ndim() != 3 || W.dim(0) < 1 || W.dim(1) < 1 || W.dim(2) < 1)
-    throw Error(detail::concat(op, ": W"), "a 3-d weight [groups, out, in]", W.defined() ? W.desc() : "undefined");
+    throw Error(detail::concat(op, ": W"), want, W.defined() ? W.desc() : "undefined");
   check_dtype(W, x.dtype(), detail::concat(op, ": W (x's dtype)").c_str());
   check_same_device(x, W, detail::concat(op, ": W").c_str());
-  if (x.dim(1) != W.dim(2))
-    throw Error(detail::concat(op, ": x"), detail::concat("rows of ", W.dim(2), " (W is ", W.desc(), ")"), x.desc());
+  if (x.dim(1) != in_of(W, layout))
+    throw Error(detail::concat(op, ": x"), detail::concat("rows of ", in_of(W, layout), " (W is ", W.desc(), ")"), x.desc());
   if (groups.count() != W.dim(0) || groups.size.size() != groups.start.size())
     throw Error(detail::concat(op, ": groups"), detail::concat(W.dim(0), " row groups (one per weight matrix)"),
                 std::to_string(groups.count()));
@@ -37,8 +42,8 @@ static void check_groups(const Tensor& x, const Tensor& W, const RowGroups& grou
                   detail::concat("start ", s, " size ", n));
     if (n > 0) end = s + n;
   }
-  UM_CHECK(x.dim(1) <= int64_t(INT32_MAX) && W.dim(1) <= int64_t(INT32_MAX), detail::concat(op, ": widths below 2^31"),
-           W.desc());
+  UM_CHECK(x.dim(1) <= int64_t(INT32_MAX) && W.dim(1) <= int64_t(INT32_MAX) && W.dim(2) <= int64_t(INT32_MAX),
+           detail::concat(op, ": widths below 2^31"), W.desc());
 }
 
 static void check_weight_grad(const GradSlot& g, const Tensor& W) {
@@ -49,34 +54,35 @@ static void check_weight_grad(const GradSlot& g, const Tensor& W) {
   if (!ok) throw Error("grouped_linear backward: dW", std::string("dtype ") + dtype_name(W.dtype()) + " or f32 (GPU)", g.grad.desc());
 }
 
-void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y) {
-  check_groups(x, W, groups, "grouped_linear");
-  check_tensor(y, Shape{x.dim(0), W.dim(1)}, x.dtype(), x, "grouped_linear: y");
-  UM_DISPATCH_DEVICE(x, grouped_linear_forward, x, W, groups, y);
+void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y,
+                            GroupedWeight layout) {
+  check_groups(x, W, groups, "grouped_linear", layout);
+  check_tensor(y, Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x, "grouped_linear: y");
+  UM_DISPATCH_DEVICE(x, grouped_linear_forward, x, W, groups, y, layout);
 }
 
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
-                             const GradSlot& dx, const GradSlot& dW) {
-  check_groups(x, W, groups, "grouped_linear backward");
-  check_tensor(dy, Shape{x.dim(0), W.dim(1)}, x.dtype(), x, "grouped_linear backward: dy");
+                             const GradSlot& dx, const GradSlot& dW, GroupedWeight layout) {
+  check_groups(x, W, groups, "grouped_linear backward", layout);
+  check_tensor(dy, Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x, "grouped_linear backward: dy");
   if (dx) {
     check_tensor(dx.grad, x.shape(), x.dtype(), x, "grouped_linear backward: dx");
   }
   check_weight_grad(dW, W);
-  UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW);
+  UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW, layout);
 }
 
 void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                     const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
                                     const GradSlot& dW) {
-  check_groups(a, W, groups, "swiglu_grouped_linear backward");
+  check_groups(a, W, groups, "swiglu_grouped_linear backward", GroupedWeight::in_out);
   UM_CHECK(h.defined() && h.ndim() == 2 && h.dim(0) == a.dim(0) && h.dim(1) == 2 * a.dim(1),
            detail::concat("swiglu_grouped_linear backward: h of shape [", a.dim(0), ", ", 2 * a.dim(1), "]"),
            h.defined() ? h.desc() : "undefined");
   check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
   check_same_device(h, a, "swiglu_grouped_linear backward: h");
   check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear backward: s");
-  check_tensor(dy, Shape{a.dim(0), W.dim(1)}, a.dtype(), a, "swiglu_grouped_linear backward: dy");
+  check_tensor(dy, Shape{a.dim(0), W.dim(2)}, a.dtype(), a, "swiglu_grouped_linear backward: dy");
   if (dh) {
     check_tensor(dh.grad, h.shape(), h.dtype(), h, "swiglu_grouped_linear backward: dh");
   }
@@ -92,7 +98,7 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
   // the groups); a0 = swiglu(h) again, scale_rows' backward gives ds and da0 = s da; then SwiGLU's.
   GradSlot da;
   if (dh || ds) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
-  grouped_linear_backward(a, W, dy, groups, da, dW);
+  grouped_linear_backward(a, W, dy, groups, da, dW, GroupedWeight::in_out);
   if (!dh && !ds) return;
   Tensor a0 = alloc_activation(a.shape(), a.dtype(), a.device());
   swiglu_forward(h, a0);
@@ -118,17 +124,17 @@ void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tens
 }
 
 Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, const Tensor& W2, const RowGroups& groups) {
-  UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 && W1.dim(1) == 2 * W2.dim(2),
-           "swiglu_expert_mlp: W1 [groups, 2 h, d] and W2 [groups, d', h]",
+  UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 && W1.dim(1) == 2 * W2.dim(1),
+           "swiglu_expert_mlp: W1 [groups, 2 h, d] and W2 [groups, h, d']",
            detail::concat(W1.defined() ? W1.desc() : "undefined", ", ", W2.defined() ? W2.desc() : "undefined"));
   check_groups(x, W1, groups, "swiglu_expert_mlp");
   const int64_t rows = x.dim(0);
   Tensor h = alloc_activation(Shape{rows, W1.dim(1)}, x.dtype(), x.device());
-  Tensor a = alloc_activation(Shape{rows, W2.dim(2)}, x.dtype(), x.device());
+  Tensor a = alloc_activation(Shape{rows, W2.dim(1)}, x.dtype(), x.device());
   grouped_linear_swiglu_forward(x, W1, s, groups, h, a);
-  check_groups(a, W2, groups, "swiglu_expert_mlp");
-  Tensor y = alloc_activation(Shape{rows, W2.dim(1)}, x.dtype(), x.device());
-  grouped_linear_forward(a, W2, groups, y);
+  check_groups(a, W2, groups, "swiglu_expert_mlp", GroupedWeight::in_out);
+  Tensor y = alloc_activation(Shape{rows, W2.dim(2)}, x.dtype(), x.device());
+  grouped_linear_forward(a, W2, groups, y, GroupedWeight::in_out);
   if (needs_grad({&x, &W1, &s, &W2})) {
     y.set_requires_grad(true);
     current_tape()->record([x, W1, s, W2, groups, h, a, y] {
@@ -146,17 +152,17 @@ Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, con
   return y;
 }
 
-Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups) {
-  check_groups(x, W, groups, "grouped_linear");
-  Tensor y = alloc_activation(Shape{x.dim(0), W.dim(1)}, x.dtype(), x.device());
-  grouped_linear_forward(x, W, groups, y);
+Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups, GroupedWeight layout) {
+  check_groups(x, W, groups, "grouped_linear", layout);
+  Tensor y = alloc_activation(Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x.device());
+  grouped_linear_forward(x, W, groups, y, layout);
   if (needs_grad({&x, &W})) {
     y.set_requires_grad(true);
-    current_tape()->record([x, W, groups, y] {
+    current_tape()->record([x, W, groups, y, layout] {
       Tensor gy = grad_of(y);
       if (!gy) return;
       GradSlot dx = grad_slot(x), dW = grad_slot(W);
-      grouped_linear_backward(x, W, gy, groups, dx, dW);
+      grouped_linear_backward(x, W, gy, groups, dx, dW, layout);
     });
   }
   return y;
