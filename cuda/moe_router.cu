@@ -1,7 +1,7 @@
 // CUDA MoE router. One warp per token, its lanes striding the row (coalesced loads and stores):
-// max and sum by warp reductions, then the k largest probabilities by k warp arg-max passes, pass j
-// taking the largest (p, -e) below pass j-1's pick in that order (so equal probabilities keep the lower
-// expert first, as the CPU; NaNs are never picked). Assignments are counted per block in shared memory
+// max and sum by warp reductions, then the k largest probabilities by k warp arg-max passes (two
+// __reduce_*_sync each, as memory_topk.cu), pass j taking the largest (p, -e) below pass j-1's pick in that
+// order (so equal probabilities keep the lower expert first, as the CPU; NaNs are never picked). Assignments are counted per block in shared memory
 // and the block counts added by the finalize pass: global atomics on E adjacent counters serialise in L2
 // (the kernel took 68 us with them for 16k tokens x top-8 of 64 on an H200, 41 without, 29 with more
 // blocks). P_e and the z-loss sum are column sums in two fixed-order passes: the top-k kernel's blocks
@@ -56,28 +56,30 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
 #pragma unroll
   for (int i = 0; i < V; ++i)
     if (lane + 32 * i < E) v[i] /= s, p[lane + 32 * i] = v[i], p_sums[i] += v[i];
-  // Pass j: the largest (v, -e) strictly below (pv, -pe). Every lane ends a pass with the same pick.
-  float pv = INFINITY, my_v = -1.f, sel = 0.f;
+  // Pass j: the largest (v, -e) strictly below pass j-1's pick (pk, -pe). A probability is ranked by its
+  // key, its bits + 1 (order-preserving for v >= 0; 0 for NaN and the padding lanes: never picked), so the
+  // warp's best is two single-instruction reductions, the key's max and then the lowest expert holding it
+  // (a butterfly of shuffles over (v, e) pairs took twice as long). Every lane ends a pass with the pick.
+  uint32_t pk = UINT32_MAX;
   int pe = -1, my_e = 0;
+  float my_v = -1.f, sel = 0.f;
   for (int j = 0; j < k; ++j) {
-    float bv = -1.f;  // probabilities are >= 0: any eligible one displaces -1
+    uint32_t bk = 0;
     int be = INT32_MAX;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const int e = lane + 32 * i;
-      const bool eligible = e < E && (v[i] < pv || (v[i] == pv && e > pe));
-      if (eligible && (v[i] > bv || (v[i] == bv && e < be))) bv = v[i], be = e;
+      const uint32_t key = e < E && v[i] == v[i] ? __float_as_uint(v[i]) + 1u : 0u;
+      const bool eligible = key != 0u && (key < pk || (key == pk && e > pe));
+      if (eligible && (key > bk || (key == bk && e < be))) bk = key, be = e;
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-      if (ov > bv || (ov == bv && oe < be)) bv = ov, be = oe;
-    }
-    if (be == INT32_MAX) be = j;  // nothing eligible (NaN logits): keep a valid expert id, weight -1
-    pv = bv, pe = be;
+    const uint32_t wk = __reduce_max_sync(0xffffffffu, bk);
+    const int we = int(__reduce_min_sync(0xffffffffu, bk == wk ? uint32_t(be) : uint32_t(INT32_MAX)));
+    // Nothing eligible (NaN logits): a valid expert id with weight -1, and no later pass picks anything.
+    const float bv = wk != 0u ? __uint_as_float(wk - 1u) : -1.f;
+    pk = wk, pe = wk != 0u ? we : j;
     sel += bv;
-    if (lane == j) my_v = bv, my_e = be;
+    if (lane == j) my_v = bv, my_e = pe;
   }
   z_sum += l * l;
   if (lane == 0) lse[t] = l;

@@ -393,16 +393,21 @@ TEST_CASE("moe router CUDA matches CPU, deterministic", "[gpu][moe]") {
   PoisonArena poison(Device::cuda());
   struct Case {
     int64_t N, E, k;
-    bool renorm;
+    bool renorm, ties = false;  // ties: logits of 4 values, so most picks break ties by expert index
   };
   // E from 5 to 1024 covers every register width of the top-k kernel (1 to 32 values per lane); N 20000
   // fills its 1,024-block grid, so each warp sums several tokens into the column sums.
   for (Case c : {Case{1001, 8, 2, false}, Case{777, 64, 8, true}, Case{33, 5, 5, false}, Case{4097, 64, 8, false},
                  Case{300, 100, 16, true}, Case{200, 257, 4, false}, Case{65, 1024, 8, false},
-                 Case{20000, 64, 8, false}}) {
-    INFO("N " << c.N << " E " << c.E << " k " << c.k << " renorm " << c.renorm);
+                 Case{20000, 64, 8, false}, Case{2000, 64, 8, true, true}, Case{300, 100, 16, false, true}}) {
+    INFO("N " << c.N << " E " << c.E << " k " << c.k << " renorm " << c.renorm << " ties " << c.ties);
     ops::MoeRouterOptions o{c.k, c.renorm, 0.01, 0.001};
     Tensor logits = separated_logits(c.N, c.E, DType::f32, 60, 0.2);
+    if (c.ties) {  // equal logits give bitwise-equal probabilities on both devices
+      std::vector<double> v = randn({c.N, c.E}, DType::f64, Device::cpu(), 62).to_doubles();
+      for (double& x : v) x = std::floor(std::fabs(x) * 2) / 2;  // 0, 0.5, 1, ... mostly 0 and 0.5
+      logits = Tensor::from_doubles(v, Shape{c.N, c.E}, DType::f32);
+    }
     Tensor gw = randn({c.N, c.k}, DType::f32, Device::cpu(), 61);
     Tensor g1 = Tensor::from_doubles({1.5}, Shape{1}, DType::f32), g2 = Tensor::from_doubles({0.5}, Shape{1}, DType::f32);
     auto run = [&](Device dev) {
