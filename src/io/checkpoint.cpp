@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -207,9 +208,10 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
   if (!format.is_string() || format.get<std::string>() != kFormatName)
     throw Error(path + ": format", detail::concat("\"", kFormatName, "\""), describe_json(format));
   const json& version = field("version");
-  if (!version.is_number_unsigned() || version.get<uint64_t>() != uint64_t(kCheckpointFormat))
-    throw Error(path + ": version", detail::concat(kCheckpointFormat, " (a newer ultramem wrote this?)"), describe_json(version));
-  m.format = kCheckpointFormat;
+  if (!version.is_number_unsigned() || version.get<uint64_t>() < 2 || version.get<uint64_t>() > uint64_t(kCheckpointFormat))
+    throw Error(path + ": version", detail::concat("2 to ", kCheckpointFormat, " (a newer ultramem wrote this?)"),
+                describe_json(version));
+  m.format = int(version.get<uint64_t>());
   const json& step = field("step");
   if (!step.is_number_unsigned() || step.get<uint64_t>() > (uint64_t(1) << 62))
     throw Error(path + ": step", "a non-negative integer", describe_json(step));
@@ -273,6 +275,11 @@ json load_checkpoint(const std::string& dir, nn::ParameterStore& ps, OptimizerSt
   CheckpointManifest man = verify_checkpoint(dir, files);
   if (opt && man.format >= 2 && !man.find("optimizer.safetensors"))
     throw Error(dir + "/manifest.json", "an entry for optimizer.safetensors (needed to resume)", "none");
+  if (man.format < 3)  // before format 3 the experts' w2 was [E, d, h] (io/checkpoint.h)
+    for (const auto& p : ps.params())
+      if (p.name.ends_with(".experts.mlp.w2"))
+        throw Error(dir + ": " + p.name, "a checkpoint of format 3 or later (w2 as [E, h, d])",
+                    detail::concat("format ", man.format, ", which stored it as [E, d, h]"));
   SafetensorsReader weights((fs::path(dir) / "model.safetensors").string());
   for (auto& p : ps.params()) weights.read_into(p.name, p.master);
   for (const auto& [name, e] : weights.entries())

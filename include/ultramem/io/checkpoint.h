@@ -9,7 +9,10 @@
 // process killed at any moment leaves the previous checkpoint loadable; a failed write (full disk)
 // removes the partial directory and throws, naming the cause and the checkpoint that survives.
 // Loading verifies the manifest's sizes and checksums, then every tensor's name, shape and dtype.
-// Checkpoints of format 1 (before manifests) load without checksum verification.
+// Checkpoints of format 1 (before manifests) load without checksum verification. Format 3 stores the MoE
+// experts' w2 as [E, h, d] (OLMo-core's layout), formats 1 and 2 as [E, d, h]: an older checkpoint of a
+// model with experts is refused by name (where h == d it would otherwise load transposed); one without
+// experts loads as before.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -23,7 +26,7 @@ struct OptimizerState {
   Tensor m, v;  // flat f32, same layout as the parameter store
 };
 
-constexpr int kCheckpointFormat = 2;
+constexpr int kCheckpointFormat = 3;
 
 struct CheckpointFile {
   std::string name;  // a plain file name inside the checkpoint directory
