@@ -58,10 +58,10 @@ struct Args {
   int turn_n = 0;
 };
 
-// The products: rows with a K-major B (forward), rows with an MN-major B (dx), weights (dW), the dx
-// product whose epilogue applies SwiGLU's backward (kRowsDSwiGLU: C = dact never reaches memory), and the
-// SwiGLU forward product whose epilogue writes both h = [gate | up] and a = s swiglu(h) (kRowsSwiGLU: its
-// tiles pair gate and up columns; N counts the pairs).
+// The products: rows with a K-major B (w1's forward), rows with an MN-major B (w1's dx, w2's forward),
+// weights (dW), w2's dx product (K-major B) whose epilogue applies SwiGLU's backward (kRowsDSwiGLU:
+// C = dact never reaches memory), and the SwiGLU forward product whose epilogue writes both h = [gate |
+// up] and a = s swiglu(h) (kRowsSwiGLU: its tiles pair gate and up columns; N counts the pairs).
 enum Mode { kRowsKB = 0, kRowsMNB = 1, kWeights = 2, kRowsDSwiGLU = 3, kRowsSwiGLU = 4 };
 
 }  // namespace um::cuda::sm90

@@ -129,7 +129,8 @@ void run_problems(const std::vector<Problem>& ps, cudaDataType_t ab, cudaDataTyp
   UM_CUBLAS(cublasSetStream(handle(), stream()));
   const auto key = std::make_pair(int(ab), int(ct));
   // "auto": measured on an H200 (bench-moe, 16k tokens, d 768), one cublasGemmEx per expert beats the grouped
-  // call for 8 experts (4.5 vs 7.1 ms, 2.1 vs 2.9 ms per layer) and loses for 64 (5.6 vs 4.5 ms).
+  // call for 8 experts (4.5 vs 7.1 ms, 2.1 vs 2.9 ms per layer) and loses for 64 (5.6 vs 4.5 ms). With w2
+  // in [E, h, d] (its forward NN, its dx TN) the loop got ~8% slower for 8 experts (4.86 / 1.95 ms).
   const bool grouped = mode_ref() == "grouped" || (mode_ref() == "auto" && ps.size() > kAutoGroupedAbove);
   if (grouped && !declined().count(key)) {
     if (run_grouped(ps, ab, ct, accumulate, dev)) return;
@@ -186,7 +187,7 @@ std::string grouped_gemm_mode() {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGroups& groups, const Tensor& y,
                             ops::GroupedWeight layout) {
   const bool oi = layout == ops::GroupedWeight::out_in;
-  const int64_t rows = x.dim(0), in = W.dim(oi ? 2 : 1), out = W.dim(oi ? 1 : 2);
+  const int64_t rows = x.dim(0), in = ops::grouped_in(W, layout), out = ops::grouped_out(W, layout);
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(y.data(), 0, y.nbytes(), stream()));
   if (use_sm90(x, W, groups)) {  // W_g [out, in] is the product's K-major B; in_out's [in, out] its MN-major B
     sm90::grouped_gemm_rows(x.data_as<bf16>(), W.data_as<bf16>(), !oi, y.data_as<bf16>(), out, in, groups, false);
@@ -206,7 +207,7 @@ void grouped_linear_forward(const Tensor& x, const Tensor& W, const ops::RowGrou
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const ops::RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW, ops::GroupedWeight layout) {
   const bool oi = layout == ops::GroupedWeight::out_in;
-  const int64_t rows = x.dim(0), in = W.dim(oi ? 2 : 1), out = W.dim(oi ? 1 : 2);
+  const int64_t rows = x.dim(0), in = ops::grouped_in(W, layout), out = ops::grouped_out(W, layout);
   const cudaDataType_t t = type_of(x.dtype());
   const bool sm90_ok = use_sm90(x, W, groups) && aligned(dy);
   if (dx) {
@@ -292,7 +293,8 @@ bool grouped_linear_swiglu_forward_fused(const Tensor& x, const Tensor& W1, cons
 bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                           const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
                                           const GradSlot& ds, const GradSlot& dW) {
-  const int64_t rows = a.dim(0), in = W.dim(1), out = W.dim(2);  // W [G, in = h, out = d']
+  const int64_t rows = a.dim(0), in = ops::grouped_in(W, ops::GroupedWeight::in_out),
+                out = ops::grouped_out(W, ops::GroupedWeight::in_out);  // W [G, h, d']
   if (!dh || dh.accumulate || !use_sm90(a, W, groups) || !aligned(dy) || !aligned(h) || !aligned(dh.grad))
     return false;
   if (!groups.covers(rows) && rows > 0) UM_CUDA(cudaMemsetAsync(dh.grad.data(), 0, dh.grad.nbytes(), stream()));

@@ -243,8 +243,10 @@ TEST_CASE("grouped linear: CPU values per group and float64 gradcheck", "[moe][o
     Tensor Wt = Tensor::from_doubles(vt, Shape{4, 5, 6}, DType::f64, Device::cpu());
     CHECK(rel_error(ops::grouped_linear(x, Wt, g, ops::GroupedWeight::in_out), ops::grouped_linear(x, W, g)) < 1e-15);
     Wt.set_requires_grad(true);
-    CHECK(gradcheck([g](const std::vector<Tensor>& in) { return ops::grouped_linear(in[0], in[1], g, ops::GroupedWeight::in_out); },
-                    {x, Wt}) < kTolGradcheck);
+    auto in_out = [g](const std::vector<Tensor>& in) {
+      return ops::grouped_linear(in[0], in[1], g, ops::GroupedWeight::in_out);
+    };
+    CHECK(gradcheck(in_out, {x, Wt}) < kTolGradcheck);
     CHECK_THROWS_WITH(ops::grouped_linear(x, W, g, ops::GroupedWeight::in_out),
                       Catch::Contains("grouped_linear: x") && Catch::Contains("rows of 6"));
   }

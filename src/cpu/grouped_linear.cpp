@@ -16,8 +16,9 @@ struct WeightStrides {
   int64_t out_stride, in_stride;
 };
 WeightStrides strides_of(const Tensor& W, ops::GroupedWeight layout) {
-  if (layout == ops::GroupedWeight::out_in) return {W.dim(2), W.dim(1), W.dim(2), 1};
-  return {W.dim(1), W.dim(2), 1, W.dim(2)};
+  const int64_t in = ops::grouped_in(W, layout), out = ops::grouped_out(W, layout);
+  if (layout == ops::GroupedWeight::out_in) return {.in = in, .out = out, .out_stride = in, .in_stride = 1};
+  return {.in = in, .out = out, .out_stride = 1, .in_stride = out};
 }
 
 template <typename T>

@@ -18,19 +18,18 @@ bool RowGroups::covers(int64_t rows) const {
   return next == rows;
 }
 
-static int64_t in_of(const Tensor& W, GroupedWeight layout) { return W.dim(layout == GroupedWeight::out_in ? 2 : 1); }
-static int64_t out_of(const Tensor& W, GroupedWeight layout) { return W.dim(layout == GroupedWeight::out_in ? 1 : 2); }
-
 static void check_groups(const Tensor& x, const Tensor& W, const RowGroups& groups, const char* op,
-                         GroupedWeight layout = GroupedWeight::out_in) {
+                         GroupedWeight layout) {
   if (!x.defined() || x.ndim() != 2) throw Error(detail::concat(op, ": x"), "a 2-d input [rows, in]", x.desc());
-  const char* want = layout == GroupedWeight::out_in ? "a 3-d weight [groups, out, in]" : "a 3-d weight [groups, in, out]";
+  const char* want =
+      layout == GroupedWeight::out_in ? "a 3-d weight [groups, out, in]" : "a 3-d weight [groups, in, out]";
   if (!W.defined() || W.ndim() != 3 || W.dim(0) < 1 || W.dim(1) < 1 || W.dim(2) < 1)
     throw Error(detail::concat(op, ": W"), want, W.defined() ? W.desc() : "undefined");
   check_dtype(W, x.dtype(), detail::concat(op, ": W (x's dtype)").c_str());
   check_same_device(x, W, detail::concat(op, ": W").c_str());
-  if (x.dim(1) != in_of(W, layout))
-    throw Error(detail::concat(op, ": x"), detail::concat("rows of ", in_of(W, layout), " (W is ", W.desc(), ")"), x.desc());
+  if (x.dim(1) != grouped_in(W, layout))
+    throw Error(detail::concat(op, ": x"), detail::concat("rows of ", grouped_in(W, layout), " (W is ", W.desc(), ")"),
+                x.desc());
   if (groups.count() != W.dim(0) || groups.size.size() != groups.start.size())
     throw Error(detail::concat(op, ": groups"), detail::concat(W.dim(0), " row groups (one per weight matrix)"),
                 std::to_string(groups.count()));
@@ -57,14 +56,14 @@ static void check_weight_grad(const GradSlot& g, const Tensor& W) {
 void grouped_linear_forward(const Tensor& x, const Tensor& W, const RowGroups& groups, const Tensor& y,
                             GroupedWeight layout) {
   check_groups(x, W, groups, "grouped_linear", layout);
-  check_tensor(y, Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x, "grouped_linear: y");
+  check_tensor(y, Shape{x.dim(0), grouped_out(W, layout)}, x.dtype(), x, "grouped_linear: y");
   UM_DISPATCH_DEVICE(x, grouped_linear_forward, x, W, groups, y, layout);
 }
 
 void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, const RowGroups& groups,
                              const GradSlot& dx, const GradSlot& dW, GroupedWeight layout) {
   check_groups(x, W, groups, "grouped_linear backward", layout);
-  check_tensor(dy, Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x, "grouped_linear backward: dy");
+  check_tensor(dy, Shape{x.dim(0), grouped_out(W, layout)}, x.dtype(), x, "grouped_linear backward: dy");
   if (dx) {
     check_tensor(dx.grad, x.shape(), x.dtype(), x, "grouped_linear backward: dx");
   }
@@ -94,7 +93,7 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
 #if ULTRAMEM_CUDA
   if (a.device().is_cuda() && cuda::swiglu_grouped_linear_backward_fused(h, s, a, W, dy, groups, dh, ds, dW)) return;
 #endif
-  // The composition (the CPU reference, and the GPU without the sm90 kernel): da = dy . W_g (0 outside
+  // The composition (the CPU reference, and the GPU without the sm90 kernel): da = dy . W_g^T (0 outside
   // the groups); a0 = swiglu(h) again, scale_rows' backward gives ds and da0 = s da; then SwiGLU's.
   GradSlot da;
   if (dh || ds) da.grad = alloc_activation(a.shape(), a.dtype(), a.device());
@@ -110,7 +109,7 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
 
 void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tensor& s, const RowGroups& groups,
                                    const Tensor& h, const Tensor& a) {
-  check_groups(x, W1, groups, "grouped_linear_swiglu");
+  check_groups(x, W1, groups, "grouped_linear_swiglu", GroupedWeight::out_in);
   UM_CHECK(W1.dim(1) % 2 == 0, "grouped_linear_swiglu: W1 of shape [groups, 2 h, in] ([gate | up])", W1.desc());
   const int64_t rows = x.dim(0);
   check_tensor(h, Shape{rows, W1.dim(1)}, x.dtype(), x, "grouped_linear_swiglu: h");
@@ -127,7 +126,7 @@ Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, con
   UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 && W1.dim(1) == 2 * W2.dim(1),
            "swiglu_expert_mlp: W1 [groups, 2 h, d] and W2 [groups, h, d']",
            detail::concat(W1.defined() ? W1.desc() : "undefined", ", ", W2.defined() ? W2.desc() : "undefined"));
-  check_groups(x, W1, groups, "swiglu_expert_mlp");
+  check_groups(x, W1, groups, "swiglu_expert_mlp", GroupedWeight::out_in);
   const int64_t rows = x.dim(0);
   Tensor h = alloc_activation(Shape{rows, W1.dim(1)}, x.dtype(), x.device());
   Tensor a = alloc_activation(Shape{rows, W2.dim(1)}, x.dtype(), x.device());
@@ -154,7 +153,7 @@ Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, con
 
 Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups, GroupedWeight layout) {
   check_groups(x, W, groups, "grouped_linear", layout);
-  Tensor y = alloc_activation(Shape{x.dim(0), out_of(W, layout)}, x.dtype(), x.device());
+  Tensor y = alloc_activation(Shape{x.dim(0), grouped_out(W, layout)}, x.dtype(), x.device());
   grouped_linear_forward(x, W, groups, y, layout);
   if (needs_grad({&x, &W})) {
     y.set_requires_grad(true);

@@ -5,14 +5,14 @@
 // or, with GroupedWeight::in_out, y[r] = x[r] . W[g] for W [G, in, out] (OLMo-core's layout of the
 // experts' down projection w2: its rows are d wide, so they start on 128-byte lines whatever the expert
 // width h; in [G, d, h] with h 408 the 816-byte rows straddle 32-byte sectors, and on an H200 the
-// 64-expert layer's w2 forward took 225 instead of 169 us, the whole layer 2.09 instead of 1.98 ms).
+// 64-expert layer's w2 forward took 225 instead of 171 us, the whole layer 2.09 instead of 1.98 ms).
 // Groups are host-side (their sizes come from the MoE plan, copied to the host once per layer), in
 // increasing, non-overlapping row ranges; rows outside every group (tokens dropped by a capacity)
 // get y = 0 and dx = 0 (accumulate: unchanged).
 //
 // Backward: dx[r] = dy[r] . W[g] (in_out: W[g]^T) (activation dtype), dW[g] = dy_g^T . x_g (in_out:
-// x_g^T . dy_g) (f32 on the GPU: the master gradient; W's dtype on the CPU), each with beta = slot.accumulate; a group with no rows gets dW[g] = 0
-// (accumulate: unchanged).
+// x_g^T . dy_g) (f32 on the GPU: the master gradient; W's dtype on the CPU), each with beta =
+// slot.accumulate; a group with no rows gets dW[g] = 0 (accumulate: unchanged).
 //
 // GPU, bf16 with widths that are multiples of 8 on a Hopper device (compute capability 9.0): our own
 // TMA + wgmma grouped GEMM, one launch per product for all groups (cuda/grouped_gemm_sm90.cu).
@@ -43,6 +43,14 @@ enum class GroupedWeight {
   in_out,  // W [G, in, out]: y = x . W_g (the experts' w2)
 };
 
+// W's input and output widths in `layout`.
+inline int64_t grouped_in(const Tensor& W, GroupedWeight layout) {
+  return W.dim(layout == GroupedWeight::out_in ? 2 : 1);
+}
+inline int64_t grouped_out(const Tensor& W, GroupedWeight layout) {
+  return W.dim(layout == GroupedWeight::out_in ? 1 : 2);
+}
+
 // x [rows, in], W [G, out, in] or [G, in, out] (same dtype and device) -> y [rows, out].
 Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups,
                       GroupedWeight layout = GroupedWeight::out_in);
@@ -52,7 +60,7 @@ Tensor grouped_linear(const Tensor& x, const Tensor& W, const RowGroups& groups,
 // x [rows, d], W1 [G, 2 h, d], W2 [G, h, d'], s [rows] (ops/activation.h; s is the routing weight of each
 // row, in x's dtype, f32 on the GPU). One op so that both halves fuse on the sm90 path
 // (cuda/grouped_gemm_sm90.cu): SwiGLU's forward runs in the epilogue of W1's product (h is not read back),
-// and SwiGLU's backward and ds in the epilogue of W2's dx product (dact = dy . W2_g never reaches memory);
+// and SwiGLU's backward and ds in the epilogue of W2's dx product (dact = dy . W2_g^T never reaches memory);
 // elsewhere it is the ops' forwards and backwards in turn. Rows outside every group get y = 0, dx = 0 and
 // ds = 0 (accumulate: unchanged).
 Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, const Tensor& W2, const RowGroups& groups);

@@ -13,7 +13,7 @@
 //   moe_combine      y[t]  = sum_j ys[row_of[t k + j]]  (j order, fp32)                   [N, d]
 // The combine is the permute's transpose: the routing weights scale the expert's hidden activation
 // instead (the layer's a = w[r] act(h[r]), ops/grouped_linear.h), which is the same product
-// w (act . W2^T) but lets the weights' gradient come from the activation's backward, where the sm90
+// w (act . W2) but lets the weights' gradient come from the activation's backward, where the sm90
 // path has dact and act in registers, instead of a dot product with every ys row.
 // Backward:
 //   permute      dx[t] = sum_j dxs[row_of[t k + j]]          (a gather-sum in j order: no scatter, no atomics)
