@@ -135,8 +135,8 @@ __device__ __forceinline__ void store_slab_tma(const float (&acc)[T::kAcc], int 
   }
 }
 
-// SwiGLU's backward as the epilogue of the dx product dact = dy . W_g^T (kRowsDSwiGLU, W [G][N][K]). After a tile's
-// k-steps the producer queues one ring slot per 64-column chunk of the tile, holding the tile's 128 rows
+// SwiGLU's backward as the epilogue of the dx product dact = dy . W_g^T (kRowsDSwiGLU, W [G][N][K]). After
+// a tile's k-steps the producer queues one ring slot per 64-column chunk of the tile, holding the tile's 128 rows
 // of gate (two 64-row boxes, one per consumer warpgroup) and then of up (two more): gate and up come in
 // through the ring like operands, so their loads overlap the k-steps. Each thread reads its pairs and
 // frees the slot at once (the producer refills it with the next tile's k-steps while this epilogue

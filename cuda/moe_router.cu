@@ -59,7 +59,8 @@ __device__ __forceinline__ int route_token(const float* __restrict__ logits, int
   // Pass j: the largest (v, -e) strictly below pass j-1's pick (pk, -pe). A probability is ranked by its
   // key, its bits + 1 (order-preserving for v >= 0; 0 for NaN and the padding lanes: never picked), so the
   // warp's best is two single-instruction reductions, the key's max and then the lowest expert holding it
-  // (a butterfly of shuffles over (v, e) pairs: 23.2 against 14.1 us on an H200). Every lane ends a pass with the pick.
+  // (a butterfly of shuffles over (v, e) pairs: 23.2 against 14.1 us on an H200). Every lane ends a pass
+  // with the pick.
   uint32_t pk = UINT32_MAX;
   int pe = -1, my_e = 0;
   float my_v = -1.f, sel = 0.f;

@@ -208,10 +208,11 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
   if (!format.is_string() || format.get<std::string>() != kFormatName)
     throw Error(path + ": format", detail::concat("\"", kFormatName, "\""), describe_json(format));
   const json& version = field("version");
-  if (!version.is_number_unsigned() || version.get<uint64_t>() < 2 || version.get<uint64_t>() > uint64_t(kCheckpointFormat))
+  const uint64_t v = version.is_number_unsigned() ? version.get<uint64_t>() : 0;
+  if (v < 2 || v > uint64_t(kCheckpointFormat))
     throw Error(path + ": version", detail::concat("2 to ", kCheckpointFormat, " (a newer ultramem wrote this?)"),
                 describe_json(version));
-  m.format = int(version.get<uint64_t>());
+  m.format = int(v);
   const json& step = field("step");
   if (!step.is_number_unsigned() || step.get<uint64_t>() > (uint64_t(1) << 62))
     throw Error(path + ": step", "a non-negative integer", describe_json(step));
