@@ -227,34 +227,28 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
       run_problems(ps, t, t, dx.accumulate, x.device());
     }
   }
-  if (dW && sm90_ok && dW.grad.dtype() == DType::f32) {  // dW_g = dy_g^T x_g, or x_g^T dy_g for in_out
-    if (oi)
-      sm90::grouped_gemm_weights(dy.data_as<bf16>(), x.data_as<bf16>(), dW.grad.data_as<float>(), out, in, groups,
-                                 dW.accumulate);
-    else
-      sm90::grouped_gemm_weights(x.data_as<bf16>(), dy.data_as<bf16>(), dW.grad.data_as<float>(), in, out, groups,
-                                 dW.accumulate);
+  if (!dW) return;
+  // dW_g = A_g^T B_g over the group's rows, [M, N]: A = dy, B = x for out_in ([out, in]); x, dy for in_out.
+  const Tensor& wa = oi ? dy : x;
+  const Tensor& wb = oi ? x : dy;
+  const int64_t M = oi ? out : in, N = oi ? in : out;
+  if (sm90_ok && dW.grad.dtype() == DType::f32) {
+    sm90::grouped_gemm_weights(wa.data_as<bf16>(), wb.data_as<bf16>(), dW.grad.data_as<float>(), M, N, groups,
+                               dW.accumulate);
     return;
   }
-  if (dW) {
-    std::vector<Problem> ps;
-    for (int64_t g = 0; g < groups.count(); ++g) {
-      const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
-      char* dwg = byte_ptr_mut(dW.grad, g * out * in);
-      if (n == 0) {
-        if (!dW.accumulate)
-          UM_CUDA(cudaMemsetAsync(dwg, 0, size_t(out * in) * dtype_size(dW.grad.dtype()), stream()));
-        continue;
-      }
-      if (oi)
-        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(in), int(out), int(n), byte_ptr(x, s * in), int(in),
-                      byte_ptr(dy, s * out), int(out), dwg, int(in)});
-      else
-        ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(out), int(in), int(n), byte_ptr(dy, s * out), int(out),
-                      byte_ptr(x, s * in), int(in), dwg, int(out)});
+  std::vector<Problem> ps;  // column-major: dW_g^T [N, M] = B_g^T . A_g (op T)
+  for (int64_t g = 0; g < groups.count(); ++g) {
+    const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
+    char* dwg = byte_ptr_mut(dW.grad, g * out * in);
+    if (n == 0) {
+      if (!dW.accumulate) UM_CUDA(cudaMemsetAsync(dwg, 0, size_t(out * in) * dtype_size(dW.grad.dtype()), stream()));
+      continue;
     }
-    run_problems(ps, t, type_of(dW.grad.dtype()), dW.accumulate, x.device());
+    ps.push_back({CUBLAS_OP_N, CUBLAS_OP_T, int(N), int(M), int(n), byte_ptr(wb, s * N), int(N), byte_ptr(wa, s * M),
+                  int(M), dwg, int(N)});
   }
+  run_problems(ps, t, type_of(dW.grad.dtype()), dW.accumulate, x.device());
 }
 
 namespace {
