@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kAmn = kMode == kWeights, kBmn = kMode == kRowsMNB || kMode == kWeights;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t full0 = base + uint32_t(T::kStages * T::kStageBytes), empty0 = full0 + 8u * T::kStages;
+  // The mbarriers after the staging, where no epilogue chunk overwrites them.
+  const uint32_t full0 = base + uint32_t(T::kBarrierOffset), empty0 = full0 + 8u * T::kStages;
   const int wg = int(threadIdx.x) >> 7;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; ++s) mbar_init(full0 + 8u * s, 1), mbar_init(empty0 + 8u * s, kConsumerWarps);

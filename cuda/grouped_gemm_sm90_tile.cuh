@@ -22,8 +22,10 @@ struct Tile {
   static constexpr int kAcc = BN / 2;  // fp32 accumulators per thread (64 rows x BN per warpgroup)
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
   static constexpr int kStagingOffset = STAGES * kStageBytes;  // the epilogue's staging, after the stages
-  // + the staging + room to align the base to 1024 (the swizzle's period) + the 2 x STAGES mbarriers
-  static constexpr int kSmemBytes = kStagingOffset + kStagingBytes + 1024 + 2 * STAGES * 8;
+  static constexpr int kBarrierOffset = kStagingOffset + kStagingBytes;  // the 2 x STAGES mbarriers
+  // + room to align the base to 1024 (the swizzle's period)
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * STAGES * 8 + 1024;
+  static_assert(kSmemBytes <= 232448, "Hopper's 227 KiB of shared memory per block");
 };
 using Wide = Tile<256, 4>;    // 192 KiB of stages
 using Narrow = Tile<128, 6>;  // 192 KiB of stages; only with UM_SM90_TILE=narrow (tests, benchmarks)
