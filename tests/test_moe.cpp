@@ -585,6 +585,7 @@ TEST_CASE("grouped linear on the sm90 wgmma kernel matches CPU: tile edges, empt
       {200, 72, repeat({5, -3, 260, 0, -17, 64}, 6)},       // k tail (200 = 3 x 64 + 8), rows outside every group
       {768, 816, repeat({130, 1, 0, 61}, 6)},               // the olmoe expert width (816 = 2 x 408)
       {408, 768, repeat({131, 65}, 9)},                     // its down projection (k 408; w2's in_out layout)
+      {120, 104, repeat({70, 0, 129}, 6)},                  // k tails of 56 and 40: 4 and 3 of a k-step's k16s
   };
   for (const Case& c : cases) {
     int64_t rows = 0;
