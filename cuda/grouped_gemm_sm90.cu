@@ -195,17 +195,28 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[T::kAcc];
 #pragma unroll
     for (int i = 0; i < T::kAcc; ++i) acc[i] = 0.f;
-    // The tile's k-steps with wgmmas W columns wide. A last k-step that K (the weights: the group's rows)
-    // ends inside runs only the k16 slices it needs (K 408: 2 of 4), after the full steps have drained: a
-    // wgmma count chosen at run time inside the pipelined loop makes ptxas serialise every wgmma of the
-    // kernel (C7520), one after a drained batch does not. Past K the rows modes' tiles hold zeros (the
-    // maps clip); the weights' hold the next group's rows, which the tail zeroes up to its last slice.
+    // The tile's k-steps with wgmmas W columns wide.
     auto k_loop = [&](auto width) {
       constexpr int W = decltype(width)::value;
-      const int kt_full = c.k_len / kBK;
-      for (int kt = 0; kt < kt_full; ++kt, ++it) {
+      for (int kt = 0; kt < kt_count; ++kt, ++it) {
         const int s = it % T::kStages;
         mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
+        if constexpr (kMode == kWeights) {
+          const int valid = c.k_len - kt * kBK;  // rows of this k-step inside the group
+          if (valid < kBK) {  // the last k-step: zero the next group's rows in every panel
+            constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
+            const uint32_t tile = base + uint32_t(s * T::kStageBytes);
+            for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
+              const int panel = q / (kBK * 8), row = (q / 8) % kBK;
+              if (row >= valid)
+                asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * kBoxBytes + row * 128 + (q % 8) * 16)),
+                             "r"(0)
+                             : "memory");
+            }
+            fence_proxy_async();  // ordinary stores before the tensor cores read them
+            asm volatile("bar.sync 1, 256;\n" ::: "memory");
+          }
+        }
         const uint64_t stage = uint64_t(s) * kStageField;
         fence_regs(acc);
         wgmma_fence();
@@ -219,40 +230,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       wgmma_wait<0>();
       fence_regs(acc);
-      if (kt_full == kt_count) return;
-      const int s = it % T::kStages, valid = c.k_len - kt_full * kBK, slices = (valid + 15) / 16;
-      mbar_wait(full0 + 8u * s, uint32_t((it / T::kStages) & 1));
-      if (kt_full > 0 && releaser) mbar_arrive(empty0 + 8u * ((it - 1) % T::kStages));
-      if constexpr (kMode == kWeights) {  // zero the next group's rows that the slices read, in every panel
-        constexpr int kPanels = (kBM + T::kBN) / 64, kChunks = kPanels * kBK * 8;
-        const uint32_t tile = base + uint32_t(s * T::kStageBytes);
-        for (int q = int(threadIdx.x) - 128; q < kChunks; q += 256) {
-          const int panel = q / (kBK * 8), row = (q / 8) % kBK;
-          if (row >= valid && row < 16 * slices)
-            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(tile + uint32_t(panel * kBoxBytes + row * 128 + (q % 8) * 16)),
-                         "r"(0)
-                         : "memory");
-        }
-        fence_proxy_async();  // ordinary stores before the tensor cores read them
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-      }
-      const uint64_t stage = uint64_t(s) * kStageField;
-      auto tail = [&](auto n) {
-        fence_regs(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < decltype(n)::value; ++kk)
-          mma_k16<W, kAmn ? 1 : 0, kBmn ? 1 : 0>(acc, da0 + stage + kk * kKkA, db0 + stage + kk * kKkB);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(acc);
-      };
-      using std::integral_constant;
-      if (slices == 1) tail(integral_constant<int, 1>{});
-      else if (slices == 2) tail(integral_constant<int, 2>{});
-      else if (slices == 3) tail(integral_constant<int, 3>{});
-      else tail(integral_constant<int, 4>{});
-      ++it;
     };
     // The k-steps, the last slot's release, and kRowsSwiGLU's epilogue, which needs the width at compile
     // time (where the gate and up columns meet).
