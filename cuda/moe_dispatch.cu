@@ -187,11 +187,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int t = blockIdx.x * kWarps + (threadIdx.x >> 5); t < tokens; t += gridDim.x * kWarps) {
     const int my_row = lane < k ? row_of[int64_t(t) * k + lane] : -1;  // k <= 32: a lane per slot
     const T* src = x + int64_t(t) * d;
-    for (int p = lane; p < packs; p += 32) {
-      const Pack<T, V> v = load_pack<V>(src + p * V);
+    for (int p0 = 0; p0 < packs; p0 += 32) {  // every lane takes every step: the shuffles need the whole warp
+      const int p = p0 + lane;
+      Pack<T, V> v;
+      if (p < packs) v = load_pack<V>(src + p * V);
       for (int j = 0; j < k; ++j) {
         const int r = __shfl_sync(0xffffffffu, my_row, j);
-        if (r >= 0) store_pack_streaming<V>(xs + int64_t(r) * d + p * V, v);
+        if (p < packs && r >= 0) store_pack_streaming<V>(xs + int64_t(r) * d + p * V, v);
       }
     }
   }
