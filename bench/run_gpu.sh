@@ -67,6 +67,11 @@ if [[ $STEPS == *profile* ]]; then
     ./build-gpu/bench/bench-moe --case "top-8 of 64" --mode auto --profile moe --layer-only --reps 1 --warmup 1 \
     > /tmp/prof-sm90-metrics.csv 2> /tmp/prof-sm90-metrics.log
   python3 bench/ncu_metrics.py /tmp/prof-sm90-metrics.csv | tee -a "$OUT/breakdown.md"
+  # Why their warps wait (ncu's warp-state section per launch: the consumers' epilogues against their k-steps).
+  /usr/local/cuda/bin/ncu --profile-from-start off --clock-control none -k regex:gemm_kernel --section WarpStateStats \
+    --print-details all ./build-gpu/bench/bench-moe --case "top-8 of 64" --mode auto --profile moe --layer-only --reps 1 \
+    --warmup 1 > "$OUT/sm90-warp-states.txt" 2>&1
+  grep -E "gemm_kernel|Stall|Warp Cycles" "$OUT/sm90-warp-states.txt" | head -120 | tee -a "$OUT/breakdown.md"
   tar czf "$OUT/profiles.tgz" -C /tmp $(cd /tmp && ls prof-*.csv prof-*.log 2>/dev/null)
 fi
 if [[ $STEPS == *e2e* ]]; then
