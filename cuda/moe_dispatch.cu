@@ -11,12 +11,12 @@
 // order. Then the E + 1 offsets (and the error flag) are copied into pinned host memory and an event
 // recorded; moe_plan_build_finish waits for that event (the one synchronisation of the layer, overlapped
 // with whatever was queued after the copy).
-// Permute and its backward (which are also the combine's backward and forward): one warp per row or
-// token, 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32
-// sums in a fixed slot order. The permute writes its k copies with the streaming (evict-first) hint, so
-// they pass L2 by and leave more of the gathered rows there (81 -> 76 us at 16k tokens, top-8 of 64,
-// d 768, on the H200; an evict-last hint on the rows' loads on top of it was slower, 79 us). No float
-// atomics: bitwise reproducible.
+// Permute and its backward (which are also the combine's backward and forward): one warp per token (the
+// scatter of dropless plans, and the backward's gather-sum) or per row (the capacity plans' gather),
+// 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32 sums in
+// a fixed slot order. The permute writes its k copies with the streaming (evict-first) hint, so they pass
+// L2 by (the gather: 81 -> 76 us at 16k tokens, top-8 of 64, d 768, on the H200; the scatter, which
+// reads each row once, 60 us). No float atomics: bitwise reproducible.
 #include "common.cuh"
 #include "ultramem/core/arena.h"
 #include "ultramem/ops/moe_dispatch.h"
