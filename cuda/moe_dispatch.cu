@@ -174,11 +174,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Dropless plans (no capacity) with k <= 32 scatter instead: a warp per token reads its row once and writes it to its
-// k rows. The gather above reads each token's row k times, one expert's sweep over x after another, and the
-// 8 x 25 MB of copies it writes evict x from L2 between the sweeps (ncu: 80 MB from DRAM for a 25 MB x on
-// the 64-expert layer). Each row is still written by exactly one warp: deterministic. A bad expert id
-// (row_of -1, the error moe_plan_finish raises) leaves its row unwritten.
+// Dropless plans (no capacity) with k <= 32 scatter instead: a warp per token reads its row once and
+// writes it to its k rows. The gather above reads each token's row k times, one expert's sweep over x
+// after another, and the 8 x 25 MB of copies it writes evict x from L2 between the sweeps (ncu: 80 MB from
+// DRAM for a 25 MB x on the 64-expert layer). Each row is still written by exactly one warp:
+// deterministic. A bad expert id (row_of -1, the error moe_plan_finish raises) leaves its row unwritten.
 template <typename T, int V>
 __global__ void __launch_bounds__(kWarps * 32)
     permute_scatter_kernel(const T* __restrict__ x, const int32_t* __restrict__ row_of, int tokens, int k, int d,
