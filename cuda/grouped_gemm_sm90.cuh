@@ -40,8 +40,8 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
 // W_g^T (W [G][N][K], K-major as the forward's: the experts' w2 [G, h, d]) never reaches memory; each
 // element goes with h = [gate | up] (bf16 [rows, 2 N]) and s (f32 [rows]) into dh = [dgate | dup] (bf16
 // [rows, 2 N], not accumulated) and into ds_partial[n_tile][r] (f32 [swiglu_backward_n_tiles(N)][rows]):
-// the sum over the tile's columns of dact silu(gate) up, ds's share from n-tile n_tile. Rows outside every group are not
-// written (dh nor ds_partial).
+// the sum over the tile's columns of dact silu(gate) up, ds's share from n-tile n_tile. Rows outside every
+// group are not written (dh nor ds_partial).
 int swiglu_backward_n_tiles(int64_t N);
 void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16* h, const float* row_scale,
                                        bf16* dh, float* ds_partial, int64_t rows, int64_t N, int64_t K,

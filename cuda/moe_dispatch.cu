@@ -359,21 +359,16 @@ void moe_permute_forward(const Tensor& x, const ops::MoePlan& plan, const Tensor
   const int tokens = int(plan.tokens);
   UM_DISPATCH_ACT(x.dtype(), T, {
     constexpr int kV = 16 / int(sizeof(T));
-    const bool vec = vectorizable<T>(d, {x.data(), xs.data()}), scatter = plan.capacity == 0 && k <= 32;
-    if (scatter && vec)
-      permute_scatter_kernel<T, kV><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          x.data_as<T>(), plan.row_of.data_as<int32_t>(), tokens, k, d, xs.data_as<T>());
-    else if (scatter)
-      permute_scatter_kernel<T, 1><<<row_grid(tokens), kWarps * 32, 0, stream()>>>(
-          x.data_as<T>(), plan.row_of.data_as<int32_t>(), tokens, k, d, xs.data_as<T>());
-    else if (vec)
-      permute_forward_kernel<T, kV><<<row_grid(rows), kWarps * 32, 0, stream()>>>(
-          x.data_as<T>(), plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>(), rows, k, d,
-          xs.data_as<T>());
-    else
-      permute_forward_kernel<T, 1><<<row_grid(rows), kWarps * 32, 0, stream()>>>(
-          x.data_as<T>(), plan.sorted_assignment.data_as<int32_t>(), plan.row_of.data_as<int32_t>(), rows, k, d,
-          xs.data_as<T>());
+    const bool vec = vectorizable<T>(d, {x.data(), xs.data()});
+    if (plan.capacity == 0 && k <= 32) {
+      auto* kernel = vec ? permute_scatter_kernel<T, kV> : permute_scatter_kernel<T, 1>;
+      kernel<<<row_grid(tokens), kWarps * 32, 0, stream()>>>(x.data_as<T>(), plan.row_of.data_as<int32_t>(), tokens,
+                                                              k, d, xs.data_as<T>());
+    } else {
+      auto* kernel = vec ? permute_forward_kernel<T, kV> : permute_forward_kernel<T, 1>;
+      kernel<<<row_grid(rows), kWarps * 32, 0, stream()>>>(x.data_as<T>(), plan.sorted_assignment.data_as<int32_t>(),
+                                                            plan.row_of.data_as<int32_t>(), rows, k, d, xs.data_as<T>());
+    }
   });
   UM_CUDA_LAUNCHED();
 }

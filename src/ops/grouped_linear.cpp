@@ -81,7 +81,8 @@ void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tens
   check_dtype(h, a.dtype(), "swiglu_grouped_linear backward: h");
   check_same_device(h, a, "swiglu_grouped_linear backward: h");
   check_row_scale(h, h.dim(0), s, "swiglu_grouped_linear backward: s");
-  check_tensor(dy, Shape{a.dim(0), W.dim(2)}, a.dtype(), a, "swiglu_grouped_linear backward: dy");
+  check_tensor(dy, Shape{a.dim(0), grouped_out(W, GroupedWeight::in_out)}, a.dtype(), a,
+               "swiglu_grouped_linear backward: dy");
   if (dh) {
     check_tensor(dh.grad, h.shape(), h.dtype(), h, "swiglu_grouped_linear backward: dh");
   }
@@ -123,16 +124,17 @@ void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tens
 }
 
 Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, const Tensor& W2, const RowGroups& groups) {
-  UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 && W1.dim(1) == 2 * W2.dim(1),
+  UM_CHECK(W1.defined() && W1.ndim() == 3 && W2.defined() && W2.ndim() == 3 &&
+               W1.dim(1) == 2 * grouped_in(W2, GroupedWeight::in_out),
            "swiglu_expert_mlp: W1 [groups, 2 h, d] and W2 [groups, h, d']",
            detail::concat(W1.defined() ? W1.desc() : "undefined", ", ", W2.defined() ? W2.desc() : "undefined"));
   check_groups(x, W1, groups, "swiglu_expert_mlp", GroupedWeight::out_in);
   const int64_t rows = x.dim(0);
   Tensor h = alloc_activation(Shape{rows, W1.dim(1)}, x.dtype(), x.device());
-  Tensor a = alloc_activation(Shape{rows, W2.dim(1)}, x.dtype(), x.device());
+  Tensor a = alloc_activation(Shape{rows, grouped_in(W2, GroupedWeight::in_out)}, x.dtype(), x.device());
   grouped_linear_swiglu_forward(x, W1, s, groups, h, a);
   check_groups(a, W2, groups, "swiglu_expert_mlp", GroupedWeight::in_out);
-  Tensor y = alloc_activation(Shape{rows, W2.dim(2)}, x.dtype(), x.device());
+  Tensor y = alloc_activation(Shape{rows, grouped_out(W2, GroupedWeight::in_out)}, x.dtype(), x.device());
   grouped_linear_forward(a, W2, groups, y, GroupedWeight::in_out);
   if (needs_grad({&x, &W1, &s, &W2})) {
     y.set_requires_grad(true);
