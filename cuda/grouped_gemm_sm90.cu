@@ -46,27 +46,36 @@ namespace um::cuda::sm90 {
 namespace {
 
 // Where tile t of the grid lies. rows modes: n-tile fastest, then the m-tiles of all groups in order
-// (tile_start maps one to its group); weights: n-tile, m-tile, then group. kRowsSwiGLU's n-tiles are
-// kBN / 2 [gate, up] pairs (n0 the first pair), so width = 2 x the tile's pairs (rounded up to 32).
+// (tile_start maps one to its group); weights: n-tile, m-tile, then group, the first product's tiles
+// before the second's (Args::pair_tiles). kRowsSwiGLU's n-tiles are kBN / 2 [gate, up] pairs (n0 the
+// first pair), so width = 2 x the tile's pairs (rounded up to 32).
 struct TileCoords {
   int g, m0, m_end, n0, width, k_len, row_base;  // width: the tile's columns (a multiple of 64)
+  int n_end;                                     // the product's N
+  bool second;                                   // weights: the tile belongs to the second product
 };
 template <class T, int kMode>
 __device__ __forceinline__ TileCoords tile_coords(int t, const Groups& groups, const Args& args) {
   TileCoords c;
+  int M = args.M, N = args.N;
+  c.second = false;
+  if constexpr (kMode == kWeights) {
+    if (args.pair_tiles > 0 && t >= args.pair_tiles) t -= args.pair_tiles, M = args.M2, N = args.N2, c.second = true;
+  }
+  c.n_end = N;
   // kRowsSwiGLU: kBN / 2 pairs per n-tile, the tail's rounded up to 32 (width 2 x that); else kBN columns,
   // the tail's rounded up to 64.
   constexpr int kStep = kMode == kRowsSwiGLU ? T::kBN / 2 : T::kBN, kRound = kMode == kRowsSwiGLU ? 32 : 64;
-  const int n_tiles = (args.N + kStep - 1) / kStep, block = t / n_tiles;
+  const int n_tiles = (N + kStep - 1) / kStep, block = t / n_tiles;
   // With turn_n the n-tiles of a block turn by one position per wave of the persistent grid (see Args).
   const int turn = args.turn_n ? int(int64_t(block) * n_tiles / int(gridDim.x)) : 0;
   c.n0 = ((t % n_tiles + turn) % n_tiles) * kStep;
-  const int rest = (args.N - c.n0 + kRound - 1) / kRound * kRound;
+  const int rest = (N - c.n0 + kRound - 1) / kRound * kRound;
   c.width = (rest < kStep ? rest : kStep) * (kMode == kRowsSwiGLU ? 2 : 1);
   t = block;
   if constexpr (kMode == kWeights) {
-    const int m_tiles = (args.M + kBM - 1) / kBM;
-    c.g = t / m_tiles, c.m0 = (t % m_tiles) * kBM, c.m_end = args.M;
+    const int m_tiles = (M + kBM - 1) / kBM;
+    c.g = t / m_tiles, c.m0 = (t % m_tiles) * kBM, c.m_end = M;
     c.row_base = groups.start[c.g], c.k_len = groups.size[c.g];
   } else {
     int lo = 0, hi = groups.count - 1;  // the last group whose tile_start <= t
@@ -119,13 +128,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         // B in 64-column units (64 K-major rows or one MN-major panel, 8 KiB each), only the tile's width.
         const int b_units = c.width / 64;
         if constexpr (kMode == kWeights) {  // both MN-major over the group's rows: 64 x 64 panels
-          // A's second panel only where the second consumer's 64 rows lie inside M.
+          // A's second panel only where the second consumer's 64 rows lie inside M. The second product's
+          // operands come in map_h / map_du.
           const int a_units = c.m0 + 64 < c.m_end ? 2 : 1;
+          const CUtensorMap& ma = c.second ? map_h : map_a;
+          const CUtensorMap& mb = c.second ? map_du : map_b;
           mbar_expect_tx(full, (a_units + b_units) * kBoxBytes);
           for (int p = 0; p < a_units; ++p)
-            tma_2d(a + uint32_t(kBoxBytes * p), map_a, c.m0 + 64 * p, c.row_base + k0, full);
+            tma_2d(a + uint32_t(kBoxBytes * p), ma, c.m0 + 64 * p, c.row_base + k0, full);
           for (int p = 0; p < b_units; ++p)
-            tma_2d(b + uint32_t(kBoxBytes * p), map_b, c.n0 + 64 * p, c.row_base + k0, full);
+            tma_2d(b + uint32_t(kBoxBytes * p), mb, c.n0 + 64 * p, c.row_base + k0, full);
         } else {
           mbar_expect_tx(full, T::kABytes + b_units * kBoxBytes);
           tma_2d(a, map_a, k0, c.m0, full);  // the rows' 128 x 64 K-major tile
@@ -254,7 +266,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // direct stores. (kRowsSwiGLU stored its slab in tile() above.)
     if constexpr (kMode == kWeights) {
       if (active)
-        store_slab_tma<T, float>(acc, cw, staging, map_c, c.n0, args.N, slab0, c.g, args.accumulate != 0, ep);
+        store_slab_tma<T, float>(acc, cw, staging, c.second ? map_b2 : map_c, c.n0, c.n_end, slab0, c.g,
+                                 (c.second ? args.accumulate2 : args.accumulate) != 0, ep);
     } else if constexpr (kMode == kRowsDSwiGLU) {
       swiglu_backward_chunks<T>(acc, scale, cw, base, staging, full0, empty0, it, map_c, map_du, args, c.n0, c.width,
                                 slab0, c.m_end);
@@ -400,15 +413,35 @@ void rows_swiglu(const Groups& g, const Args& args, const bf16* x, const bf16* w
   launch<gemm_kernel<T, kRowsSwiGLU>>(T::kSmemBytes, tiles, n_tiles, mx, mw, mg, g, args, &ma, &mu, &mw32);
 }
 
+// One launch for one or two weights products (q: the second, over the same groups; its tiles follow p's).
 template <class T>
-void weights(const Groups& g, const Args& args, const bf16* a, const bf16* b, int64_t rows_total) {
-  const uint64_t M = uint64_t(args.M), N = uint64_t(args.N), R = uint64_t(std::max<int64_t>(rows_total, 1));
-  const CUtensorMap ma = tensor_map<2>(a, {M, R}, {M}, {64u, uint32_t(kBK)});
-  const CUtensorMap mb = tensor_map<2>(b, {N, R}, {N}, {64u, uint32_t(kBK)});
-  // C [G][M][N] f32 in 64-row x 32-column chunks (128 bytes wide, as the swizzle wants).
-  const CUtensorMap mc = tensor_map<3>(args.c, {N, M, uint64_t(g.count)}, {N, M * N}, {32u, 64u, 1u}, true);
-  const int64_t n_tiles = ceil_div(args.N, T::kBN), tiles = n_tiles * ceil_div(args.M, kBM) * g.count;
-  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, n_tiles, ma, mb, mc, g, args);
+void weights(const Groups& g, const WeightsProduct& p, const WeightsProduct* q, int64_t rows_total) {
+  const uint64_t R = uint64_t(std::max<int64_t>(rows_total, 1)), G = uint64_t(g.count);
+  struct Maps {
+    CUtensorMap a, b, c;
+  };
+  auto maps = [&](const WeightsProduct& w) {
+    const uint64_t M = uint64_t(w.M), N = uint64_t(w.N);
+    // C [G][M][N] f32 in 64-row x 32-column chunks (128 bytes wide, as the swizzle wants).
+    return Maps{tensor_map<2>(w.a, {M, R}, {M}, {64u, uint32_t(kBK)}),
+                tensor_map<2>(w.b, {N, R}, {N}, {64u, uint32_t(kBK)}),
+                tensor_map<3>(w.c, {N, M, G}, {N, M * N}, {32u, 64u, 1u}, true)};
+  };
+  auto tiles_of = [&](const WeightsProduct& w) {
+    return int64_t(ceil_div(w.N, T::kBN)) * ceil_div(w.M, kBM) * g.count;
+  };
+  Args args{p.c, p.N, p.M * p.N, int(p.M), int(p.N), 0, p.accumulate ? 1 : 0, nullptr, nullptr, 0};
+  const Maps mp = maps(p);
+  int64_t tiles = tiles_of(p);
+  if (!q) {
+    launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ceil_div(p.N, T::kBN), mp.a, mp.b, mp.c, g, args);
+    return;
+  }
+  const Maps mq = maps(*q);
+  args.pair_tiles = int(tiles), args.M2 = int(q->M), args.N2 = int(q->N), args.accumulate2 = q->accumulate ? 1 : 0;
+  tiles += tiles_of(*q);
+  launch<gemm_kernel<T, kWeights>>(T::kSmemBytes, tiles, ceil_div(p.N, T::kBN), mp.a, mp.b, mp.c, g, args, &mq.a, &mq.b,
+                                   &mq.c);
 }
 
 int64_t rows_end(const ops::RowGroups& h) {
@@ -477,12 +510,16 @@ void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_sc
 
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
                           bool accumulate) {
+  grouped_gemm_weights_pair(WeightsProduct{a, b, c, M, N, accumulate}, nullptr, groups);
+}
+
+void grouped_gemm_weights_pair(const WeightsProduct& first, const WeightsProduct* second,
+                               const ops::RowGroups& groups) {
   thread_local Groups g;
   fill_groups(g, groups);
-  const Args args{c, N, M * N, int(M), int(N), 0, accumulate ? 1 : 0, nullptr, nullptr, 0};
   const int64_t R = rows_end(groups);
-  if (wide_tile()) weights<Wide>(g, args, a, b, R);
-  else weights<Narrow>(g, args, a, b, R);
+  if (wide_tile()) weights<Wide>(g, first, second, R);
+  else weights<Narrow>(g, first, second, R);
 }
 
 }  // namespace um::cuda::sm90

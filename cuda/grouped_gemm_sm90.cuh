@@ -58,4 +58,16 @@ void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_sc
 void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
                           bool accumulate);
 
+// One weights product: C_g (f32 [M, N] at c + g * M * N) (+)= sum over group g's rows r of A[r, :]^T B[r, :].
+struct WeightsProduct {
+  const bf16* a;
+  const bf16* b;
+  float* c;
+  int64_t M, N;
+  bool accumulate;
+};
+// first and (if not null) second over the same groups in one launch, the second's tiles after the
+// first's: the two products share one tail wave instead of each leaving the SMs part-idle in its own.
+void grouped_gemm_weights_pair(const WeightsProduct& first, const WeightsProduct* second, const ops::RowGroups& groups);
+
 }  // namespace um::cuda::sm90

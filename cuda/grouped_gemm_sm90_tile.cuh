@@ -58,6 +58,9 @@ struct Args {
   // wave keeps the tiles of a block on adjacent CTAs of one wave; where the factors are coprime the
   // positions rotate by themselves and the plain order measured as fast or faster.
   int turn_n = 0;
+  // weights: a second product over the same groups in the same launch (its tiles after the first's
+  // pair_tiles; 0: none), so the two share one tail wave. Its A, B and C come in map_h, map_du, map_b2.
+  int pair_tiles = 0, M2 = 0, N2 = 0, accumulate2 = 0;
 };
 
 // The products: rows with a K-major B (w1's forward), rows with an MN-major B (w1's dx, w2's forward),

@@ -169,6 +169,20 @@ bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
          x.dim(0) > 0 && x.dim(0) < int64_t(INT32_MAX) && aligned(x) && aligned(W) && sm90::available();
 }
 
+// dW_g = A_g^T B_g over the group's rows, [M, N]: A = dy, B = x for out_in ([out, in]); x, dy for in_out.
+// On the sm90 path (f32 dW) as the weights kernel's product; false elsewhere.
+bool sm90_weights_product(const ops::GroupedWeightGrad& w, const ops::RowGroups& groups,
+                          sm90::WeightsProduct& product) {
+  if (!use_sm90(w.x, w.W, groups) || !aligned(w.dy) || w.dW.grad.dtype() != DType::f32) return false;
+  const bool oi = w.layout == ops::GroupedWeight::out_in;
+  const int64_t in = ops::grouped_in(w.W, w.layout), out = ops::grouped_out(w.W, w.layout);
+  const Tensor& wa = oi ? w.dy : w.x;
+  const Tensor& wb = oi ? w.x : w.dy;
+  product = {wa.data_as<bf16>(), wb.data_as<bf16>(), w.dW.grad.data_as<float>(), oi ? out : in, oi ? in : out,
+             w.dW.accumulate};
+  return true;
+}
+
 }  // namespace
 
 void set_grouped_gemm_mode(const std::string& mode) {
@@ -228,15 +242,14 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
     }
   }
   if (!dW) return;
-  // dW_g = A_g^T B_g over the group's rows, [M, N]: A = dy, B = x for out_in ([out, in]); x, dy for in_out.
-  const Tensor& wa = oi ? dy : x;
-  const Tensor& wb = oi ? x : dy;
-  const int64_t M = oi ? out : in, N = oi ? in : out;
-  if (sm90_ok && dW.grad.dtype() == DType::f32) {
-    sm90::grouped_gemm_weights(wa.data_as<bf16>(), wb.data_as<bf16>(), dW.grad.data_as<float>(), M, N, groups,
-                               dW.accumulate);
+  sm90::WeightsProduct product;
+  if (sm90_weights_product({x, W, dy, layout, dW}, groups, product)) {
+    sm90::grouped_gemm_weights_pair(product, nullptr, groups);
     return;
   }
+  const Tensor& wa = oi ? dy : x;  // as in sm90_weights_product
+  const Tensor& wb = oi ? x : dy;
+  const int64_t M = oi ? out : in, N = oi ? in : out;
   std::vector<Problem> ps;  // column-major: dW_g^T [N, M] = B_g^T . A_g (op T)
   for (int64_t g = 0; g < groups.count(); ++g) {
     const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];
@@ -264,6 +277,16 @@ __global__ void sum_partials_kernel(const float* __restrict__ partial, int tiles
 }
 
 }  // namespace
+
+// Both products in one launch: the expert MLP's dW1 (1,344 tiles on the 64-expert layer, 10.2 waves of
+// 132 SMs) and dW2 (768) fill 16 waves together instead of leaving most SMs idle in dW1's last one.
+bool grouped_linear_backward_weights_paired(const ops::GroupedWeightGrad& first, const ops::GroupedWeightGrad& second,
+                                            const ops::RowGroups& groups) {
+  sm90::WeightsProduct p, q;
+  if (!sm90_weights_product(first, groups, p) || !sm90_weights_product(second, groups, q)) return false;
+  sm90::grouped_gemm_weights_pair(p, &q, groups);
+  return true;
+}
 
 // h = x . W1_g^T and a = s swiglu(h) in one sm90 kernel (SwiGLU's forward in the epilogue, so h is not read
 // back: on the 64-expert layer a 214 MB read and a kernel fewer).

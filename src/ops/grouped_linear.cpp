@@ -71,6 +71,24 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   UM_DISPATCH_DEVICE(x, grouped_linear_backward, x, W, dy, groups, dx, dW, layout);
 }
 
+void grouped_linear_backward_weights(const GroupedWeightGrad& first, const GroupedWeightGrad& second,
+                                     const RowGroups& groups) {
+  for (const GroupedWeightGrad* w : {&first, &second}) {
+    if (!w->dW) continue;
+    check_groups(w->x, w->W, groups, "grouped_linear backward", w->layout);
+    check_tensor(w->dy, Shape{w->x.dim(0), grouped_out(w->W, w->layout)}, w->x.dtype(), w->x,
+                 "grouped_linear backward: dy");
+    check_weight_grad(w->dW, w->W);
+  }
+#if ULTRAMEM_CUDA
+  if (first.dW && second.dW && first.x.device().is_cuda() &&
+      cuda::grouped_linear_backward_weights_paired(first, second, groups))
+    return;
+#endif
+  for (const GroupedWeightGrad* w : {&first, &second})
+    if (w->dW) grouped_linear_backward(w->x, w->W, w->dy, groups, GradSlot{}, w->dW, w->layout);
+}
+
 void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                     const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
                                     const GradSlot& dW) {
@@ -143,11 +161,15 @@ Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, con
       if (!gy) return;
       GradSlot dh;  // a fresh dh (not accumulated): the fused dx epilogue writes it whole
       if (x.requires_grad() || W1.requires_grad()) dh.grad = alloc_activation(h.shape(), h.dtype(), h.device());
-      GradSlot ds = grad_slot(s), dW2 = grad_slot(W2);
-      swiglu_grouped_linear_backward(h, s, a, W2, gy, groups, dh, ds, dW2);
-      if (!dh) return;
-      GradSlot dx = grad_slot(x), dW1 = grad_slot(W1);
-      grouped_linear_backward(x, W1, dh.grad, groups, dx, dW1);
+      GradSlot ds = grad_slot(s), dW2 = grad_slot(W2), dW1;
+      swiglu_grouped_linear_backward(h, s, a, W2, gy, groups, dh, ds, GradSlot{});  // dW2 with dW1 below
+      if (dh) {
+        GradSlot dx = grad_slot(x);
+        dW1 = grad_slot(W1);
+        grouped_linear_backward(x, W1, dh.grad, groups, dx, GradSlot{});
+      }
+      grouped_linear_backward_weights({x, W1, dh.grad, GroupedWeight::out_in, dW1},
+                                      {a, W2, gy, GroupedWeight::in_out, dW2}, groups);
     });
   }
   return y;

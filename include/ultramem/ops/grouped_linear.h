@@ -78,6 +78,16 @@ void grouped_linear_swiglu_forward(const Tensor& x, const Tensor& W1, const Tens
 void swiglu_grouped_linear_backward(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                     const Tensor& dy, const RowGroups& groups, const GradSlot& dh, const GradSlot& ds,
                                     const GradSlot& dW);
+// The weight gradient of y = grouped_linear(x, W, layout), given dy (an empty dW: nothing to compute).
+struct GroupedWeightGrad {
+  Tensor x, W, dy;
+  GroupedWeight layout;
+  GradSlot dW;
+};
+// Two such gradients over the same groups, as grouped_linear_backward's dW each: on the sm90 path in one
+// launch (one tail wave for both: the expert MLP's dW1 and dW2).
+void grouped_linear_backward_weights(const GroupedWeightGrad& first, const GroupedWeightGrad& second,
+                                     const RowGroups& groups);
 
 }  // namespace um::ops
 
@@ -102,6 +112,10 @@ bool grouped_linear_swiglu_forward_fused(const Tensor& x, const Tensor& W1, cons
 bool swiglu_grouped_linear_backward_fused(const Tensor& h, const Tensor& s, const Tensor& a, const Tensor& W,
                                           const Tensor& dy, const ops::RowGroups& groups, const GradSlot& dh,
                                           const GradSlot& ds, const GradSlot& dW);
+// grouped_linear_backward_weights in one sm90 launch where it applies to both; false (nothing done)
+// elsewhere, and the op computes them one after the other.
+bool grouped_linear_backward_weights_paired(const ops::GroupedWeightGrad& first, const ops::GroupedWeightGrad& second,
+                                            const ops::RowGroups& groups);
 // "auto" (the default: the sm90 kernel where it applies, else the grouped call above 16 groups and the
 // loop for 16 or fewer), "grouped" (cublasGemmGroupedBatchedEx where
 // cuBLAS supports the types) or "loop" (cublasGemmEx per group): from the environment variable
