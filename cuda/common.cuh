@@ -82,6 +82,9 @@ __device__ __forceinline__ void store_pack_streaming(T* p, const Pack<T, V>& v) 
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
+// 16-byte alignment: what 16-byte vector loads and TMA's global addresses need.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // Warp-level sums in a fixed order (xor butterfly): deterministic.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

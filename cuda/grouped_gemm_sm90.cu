@@ -329,8 +329,9 @@ CUtensorMap half_map(bf16* p, int half, uint64_t N, uint64_t R) {
 // Persistent: one CTA per SM (or fewer when there are fewer tiles).
 // h, du and b2: the modes' extra maps (c stands in where a mode has none): kRowsDSwiGLU's gate / up
 // source (h) and dup destination (du); kRowsSwiGLU's a destination (h), up destination (du; c is gate's)
-// and W1 in 32-row boxes (b2).
-// n_tiles: the tiles along n per m-tile (per (m-tile, group) for weights), for Args::turn_n.
+// and W1 in 32-row boxes (b2); the weights pair's second A (h), B (du) and C (b2).
+// n_tiles: the tiles along n per m-tile (per (m-tile, group) for weights; the first product's for a
+// pair, whose second product's rotation then only balances less well), for Args::turn_n.
 template <auto K>
 void launch(int smem_bytes, int64_t tiles, int64_t n_tiles, const CUtensorMap& a, const CUtensorMap& b,
             const CUtensorMap& c, const Groups& g, Args args, const CUtensorMap* h = nullptr,
@@ -428,6 +429,8 @@ void weights(const Groups& g, const WeightsProduct& p, const WeightsProduct* q, 
                 tensor_map<3>(w.c, {N, M, G}, {N, M * N}, {32u, 64u, 1u}, true)};
   };
   auto tiles_of = [&](const WeightsProduct& w) {
+    UM_CHECK(w.M > 0 && w.N > 0, "sm90 grouped GEMM weights: M and N of at least 1 (a product without tiles would "
+             "shift the pair's second product)", detail::concat(w.M, " x ", w.N));
     return int64_t(ceil_div(w.N, T::kBN)) * ceil_div(w.M, kBM) * g.count;
   };
   Args args{p.c, p.N, p.M * p.N, int(p.M), int(p.N), 0, p.accumulate ? 1 : 0, nullptr, nullptr, 0};
@@ -481,6 +484,10 @@ void grouped_gemm_rows(const bf16* a, const bf16* b, bool b_mn_major, bf16* c, i
   const int64_t R = rows_end(groups);
   if (wide_tile()) rows<Wide>(g, args, a, b, b_mn_major, R);
   else rows<Narrow>(g, args, a, b, b_mn_major, R);
+}
+
+int64_t weights_tiles_per_group(int64_t M, int64_t N) {
+  return int64_t(ceil_div(M, kBM)) * ceil_div(N, wide_tile() ? Wide::kBN : Narrow::kBN);
 }
 
 int swiglu_backward_n_tiles(int64_t N) { return int(ceil_div(N, wide_tile() ? Wide::kBN : Narrow::kBN)); }

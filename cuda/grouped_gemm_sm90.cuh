@@ -66,6 +66,9 @@ struct WeightsProduct {
   int64_t M, N;
   bool accumulate;
 };
+// The weights tiles of one group of an M x N product (the launch's tile: 128 x 256, or 128 x 128 with
+// UM_SM90_TILE=narrow).
+int64_t weights_tiles_per_group(int64_t M, int64_t N);
 // first and (if not null) second over the same groups in one launch, the second's tiles after the
 // first's: the two products share one tail wave instead of each leaving the SMs part-idle in its own.
 void grouped_gemm_weights_pair(const WeightsProduct& first, const WeightsProduct* second, const ops::RowGroups& groups);

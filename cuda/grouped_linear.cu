@@ -159,7 +159,7 @@ char* byte_ptr_mut(const Tensor& t, int64_t elems) {
 // Measured on an H200 (bench-moe, 16k tokens, d 768, layer fwd + bwd): the kernel is at least as fast as
 // the best cuBLAS path for 8 experts (1.75 vs 1.93 ms for the loop at h 1632, 4.33 vs 4.34 at h 4992)
 // and for 64 (2.47 vs 4.11 ms for the grouped call).
-bool aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; }
+bool aligned(const Tensor& t) { return aligned16(t.data()); }
 
 bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
   if (grouped_gemm_mode() != "auto") return false;
@@ -170,16 +170,23 @@ bool use_sm90(const Tensor& x, const Tensor& W, const ops::RowGroups& groups) {
 }
 
 // dW_g = A_g^T B_g over the group's rows, [M, N]: A = dy, B = x for out_in ([out, in]); x, dy for in_out.
-// On the sm90 path (f32 dW) as the weights kernel's product; false elsewhere.
+struct WeightOperands {
+  const Tensor& a;
+  const Tensor& b;
+  int64_t M, N;
+};
+WeightOperands weight_operands(const Tensor& x, const Tensor& W, const Tensor& dy, ops::GroupedWeight layout) {
+  const bool oi = layout == ops::GroupedWeight::out_in;
+  const int64_t in = ops::grouped_in(W, layout), out = ops::grouped_out(W, layout);
+  return oi ? WeightOperands{dy, x, out, in} : WeightOperands{x, dy, in, out};
+}
+
+// The weights kernel's product for dW on the sm90 path (f32 dW); false elsewhere.
 bool sm90_weights_product(const ops::GroupedWeightGrad& w, const ops::RowGroups& groups,
                           sm90::WeightsProduct& product) {
   if (!use_sm90(w.x, w.W, groups) || !aligned(w.dy) || w.dW.grad.dtype() != DType::f32) return false;
-  const bool oi = w.layout == ops::GroupedWeight::out_in;
-  const int64_t in = ops::grouped_in(w.W, w.layout), out = ops::grouped_out(w.W, w.layout);
-  const Tensor& wa = oi ? w.dy : w.x;
-  const Tensor& wb = oi ? w.x : w.dy;
-  product = {wa.data_as<bf16>(), wb.data_as<bf16>(), w.dW.grad.data_as<float>(), oi ? out : in, oi ? in : out,
-             w.dW.accumulate};
+  const WeightOperands o = weight_operands(w.x, w.W, w.dy, w.layout);
+  product = {o.a.data_as<bf16>(), o.b.data_as<bf16>(), w.dW.grad.data_as<float>(), o.M, o.N, w.dW.accumulate};
   return true;
 }
 
@@ -247,9 +254,7 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
     sm90::grouped_gemm_weights_pair(product, nullptr, groups);
     return;
   }
-  const Tensor& wa = oi ? dy : x;  // as in sm90_weights_product
-  const Tensor& wb = oi ? x : dy;
-  const int64_t M = oi ? out : in, N = oi ? in : out;
+  const auto [wa, wb, M, N] = weight_operands(x, W, dy, layout);
   std::vector<Problem> ps;  // column-major: dW_g^T [N, M] = B_g^T . A_g (op T)
   for (int64_t g = 0; g < groups.count(); ++g) {
     const int64_t s = groups.start[size_t(g)], n = groups.size[size_t(g)];

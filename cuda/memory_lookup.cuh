@@ -176,11 +176,6 @@ inline unsigned lookup_grid(int T, int warps) {
   return std::max(1u, std::min<unsigned>(ceil_div(T, warps), 1u << 20));
 }
 
-template <typename T>
-bool aligned16(const T* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
 // Waits for the kernels and throws the Error the CPU reference throws for the first bad slot.
 inline void raise_if_bad_slot(const unsigned long long* flag, const LookupParams& L, const char* op) {
   const unsigned long long position = read_bad_position(flag);

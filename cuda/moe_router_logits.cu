@@ -54,16 +54,14 @@ __global__ void sum_chunks_kernel(const float* __restrict__ H, int chunks, int E
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // dW from G = [hi | lo] on the sm90 weights mode; false (nothing done) where it does not apply.
 bool router_dw_sm90(const Tensor& x, const Tensor& G, int64_t E, int64_t Ep, const GradSlot& dW) {
   const int64_t N = x.dim(0), d = x.dim(1);
   if (grouped_gemm_mode() != "auto" || dW.grad.dtype() != DType::f32 || d % 8 != 0 || N >= int64_t(INT32_MAX) ||
       !aligned16(x.data()) || !aligned16(G.data()) || !sm90::available())
     return false;
-  // Chunks of at least 256 tokens, about one tile per SM (a tile: 128 of the 2 Ep rows by 256 of d).
-  const int64_t tiles_per_chunk = ceil_div(2 * Ep, 128) * ceil_div(d, 256);
+  // About one tile per SM, and at most ceil(N / 256) chunks: few tokens make few, long chunks.
+  const int64_t tiles_per_chunk = sm90::weights_tiles_per_group(2 * Ep, d);
   const int64_t chunks = std::clamp<int64_t>(std::min<int64_t>(sm_count() / tiles_per_chunk, ceil_div(N, 256)), 1,
                                              sm90::kMaxGroups);
   const int64_t per = ceil_div(N, chunks);

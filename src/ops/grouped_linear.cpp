@@ -75,11 +75,15 @@ void grouped_linear_backward_weights(const GroupedWeightGrad& first, const Group
                                      const RowGroups& groups) {
   for (const GroupedWeightGrad* w : {&first, &second}) {
     if (!w->dW) continue;
-    check_groups(w->x, w->W, groups, "grouped_linear backward", w->layout);
+    const char* op =
+        w == &first ? "grouped_linear backward (first product)" : "grouped_linear backward (second product)";
+    check_groups(w->x, w->W, groups, op, w->layout);
     check_tensor(w->dy, Shape{w->x.dim(0), grouped_out(w->W, w->layout)}, w->x.dtype(), w->x,
-                 "grouped_linear backward: dy");
+                 detail::concat(op, ": dy").c_str());
     check_weight_grad(w->dW, w->W);
   }
+  // One launch runs on one device: the pair must share it.
+  if (first.dW && second.dW) check_same_device(second.x, first.x, "grouped_linear backward (second product): x");
 #if ULTRAMEM_CUDA
   if (first.dW && second.dW && first.x.device().is_cuda() &&
       cuda::grouped_linear_backward_weights_paired(first, second, groups))
@@ -161,15 +165,11 @@ Tensor swiglu_expert_mlp(const Tensor& x, const Tensor& W1, const Tensor& s, con
       if (!gy) return;
       GradSlot dh;  // a fresh dh (not accumulated): the fused dx epilogue writes it whole
       if (x.requires_grad() || W1.requires_grad()) dh.grad = alloc_activation(h.shape(), h.dtype(), h.device());
-      GradSlot ds = grad_slot(s), dW2 = grad_slot(W2), dW1;
-      swiglu_grouped_linear_backward(h, s, a, W2, gy, groups, dh, ds, GradSlot{});  // dW2 with dW1 below
-      if (dh) {
-        GradSlot dx = grad_slot(x);
-        dW1 = grad_slot(W1);
-        grouped_linear_backward(x, W1, dh.grad, groups, dx, GradSlot{});
-      }
-      grouped_linear_backward_weights({x, W1, dh.grad, GroupedWeight::out_in, dW1},
-                                      {a, W2, gy, GroupedWeight::in_out, dW2}, groups);
+      swiglu_grouped_linear_backward(h, s, a, W2, gy, groups, dh, grad_slot(s), GradSlot{});  // dW2 below
+      if (GradSlot dx = grad_slot(x)) grouped_linear_backward(x, W1, dh.grad, groups, dx, GradSlot{});
+      // dh exists wherever W1 needs its gradient (allocated above for x or W1).
+      grouped_linear_backward_weights({x, W1, dh.grad, GroupedWeight::out_in, grad_slot(W1)},
+                                      {a, W2, gy, GroupedWeight::in_out, grad_slot(W2)}, groups);
     });
   }
   return y;
