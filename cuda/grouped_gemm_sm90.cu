@@ -515,13 +515,7 @@ void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_sc
   else rows_swiglu<Narrow>(g, args, x, w1, h, a, R);
 }
 
-void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
-                          bool accumulate) {
-  grouped_gemm_weights_pair(WeightsProduct{a, b, c, M, N, accumulate}, nullptr, groups);
-}
-
-void grouped_gemm_weights_pair(const WeightsProduct& first, const WeightsProduct* second,
-                               const ops::RowGroups& groups) {
+void grouped_gemm_weights(const WeightsProduct& first, const ops::RowGroups& groups, const WeightsProduct* second) {
   thread_local Groups g;
   fill_groups(g, groups);
   const int64_t R = rows_end(groups);

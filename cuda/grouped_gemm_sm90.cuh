@@ -53,12 +53,9 @@ void grouped_gemm_rows_swiglu_backward(const bf16* dy, const bf16* w, const bf16
 void grouped_gemm_rows_swiglu(const bf16* x, const bf16* w1, const float* row_scale, bf16* h, bf16* a, int64_t N,
                               int64_t K, const ops::RowGroups& groups);
 
-// weights: C_g (f32 [M, N] at c + g * M * N) = sum over group g's rows r of A[r, :]^T B[r, :], A bf16
-// [rows, M], B bf16 [rows, N]. An empty group writes C_g = 0 (accumulate: leaves it).
-void grouped_gemm_weights(const bf16* a, const bf16* b, float* c, int64_t M, int64_t N, const ops::RowGroups& groups,
-                          bool accumulate);
 
-// One weights product: C_g (f32 [M, N] at c + g * M * N) (+)= sum over group g's rows r of A[r, :]^T B[r, :].
+// weights: one product C_g (f32 [M, N] at c + g * M * N) (+)= sum over group g's rows r of A[r, :]^T B[r, :]
+// (A bf16 [rows, M], B bf16 [rows, N]; an empty group writes C_g = 0, or leaves it when accumulating).
 struct WeightsProduct {
   const bf16* a;
   const bf16* b;
@@ -69,8 +66,9 @@ struct WeightsProduct {
 // The weights tiles of one group of an M x N product (the launch's tile: 128 x 256, or 128 x 128 with
 // UM_SM90_TILE=narrow).
 int64_t weights_tiles_per_group(int64_t M, int64_t N);
-// first and (if not null) second over the same groups in one launch, the second's tiles after the
-// first's: the two products share one tail wave instead of each leaving the SMs part-idle in its own.
-void grouped_gemm_weights_pair(const WeightsProduct& first, const WeightsProduct* second, const ops::RowGroups& groups);
+// first and, if not null, second over the same groups in one launch, the second's tiles after the first's:
+// the two products share one tail wave instead of each leaving the SMs part-idle in its own.
+void grouped_gemm_weights(const WeightsProduct& first, const ops::RowGroups& groups,
+                          const WeightsProduct* second = nullptr);
 
 }  // namespace um::cuda::sm90

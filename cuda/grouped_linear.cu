@@ -251,7 +251,7 @@ void grouped_linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy,
   if (!dW) return;
   sm90::WeightsProduct product;
   if (sm90_weights_product({x, W, dy, layout, dW}, groups, product)) {
-    sm90::grouped_gemm_weights_pair(product, nullptr, groups);
+    sm90::grouped_gemm_weights(product, groups);
     return;
   }
   const auto [wa, wb, M, N] = weight_operands(x, W, dy, layout);
@@ -289,7 +289,7 @@ bool grouped_linear_backward_weights_paired(const ops::GroupedWeightGrad& first,
                                             const ops::RowGroups& groups) {
   sm90::WeightsProduct p, q;
   if (!sm90_weights_product(first, groups, p) || !sm90_weights_product(second, groups, q)) return false;
-  sm90::grouped_gemm_weights_pair(p, &q, groups);
+  sm90::grouped_gemm_weights(p, groups, &q);
   return true;
 }
 
