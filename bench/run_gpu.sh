@@ -74,6 +74,14 @@ if [[ $STEPS == *profile* ]]; then
   grep -E "gemm_kernel|Stall|Warp Cycles" "$OUT/sm90-warp-states.txt" | head -120 | tee -a "$OUT/breakdown.md"
   tar czf "$OUT/profiles.tgz" -C /tmp $(cd /tmp && ls prof-*.csv prof-*.log 2>/dev/null)
 fi
+if [[ $STEPS == *timeline* ]]; then
+  log "MoE layer timeline (CUPTI activity records: the idle gaps between kernels, which ncu cannot see)"
+  g++ -O2 -shared -fPIC -I/usr/local/cuda/include bench/kernel_timeline.cpp -o /tmp/libtimeline.so \
+    -L/usr/local/cuda/lib64 -lcupti || exit 1
+  CUDA_INJECTION64_PATH=/tmp/libtimeline.so TIMELINE_OUT="$OUT/timeline-moe.csv" ./build-gpu/bench/bench-moe \
+    --case "top-8 of 64" --mode auto --layer-only --reps 5 --warmup 2 2>&1 | grep -E "^\| top"
+  python3 bench/kernel_gaps.py "$OUT/timeline-moe.csv" router_topk 2 | tee "$OUT/timeline-moe.md" | grep -E "^period"
+fi
 if [[ $STEPS == *e2e* ]]; then
   log "end-to-end gpt2-124m"
   ./build-gpu/bench/bench-train configs/gpt2-124m.json --batch 32 --seq 1024 --steps 20 2>&1 | tee "$OUT/bench-train.txt" | tail -6
