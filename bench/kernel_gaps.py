@@ -29,14 +29,17 @@ def main():
     marks = marks[-(reps + 1):]
     for a, b in zip(marks, marks[1:]):
         period, t0, prev = rows[a:b], rows[a][1], None
-        print(f"\n| start us | idle before | us | record |\n|---|---|---|---|")
+        print("\n| start us | idle before | us | record |\n|---|---|---|---|")
         for kind, start, end, name in period:
-            gap = (start - prev) / 1e3 if prev is not None else 0.0
+            gap = max(0, start - prev) / 1e3 if prev is not None else 0.0
             label = short(name) if kind == "K" else name
             print(f"| {(start - t0) / 1e3:.1f} | {gap:.1f} | {(end - start) / 1e3:.1f} | {label} |")
-            prev = end
+            prev = end if prev is None else max(prev, end)
         span = rows[b][1] - t0
-        busy = sum(e - s for _, s, e, _ in period)
+        busy, covered = 0, t0  # the union of the records' intervals: records on other streams may overlap
+        for _, start, end, _ in period:
+            busy += max(0, end - max(start, covered))
+            covered = max(covered, end)
         print(f"\nperiod: {span / 1e3:.1f} us, busy {busy / 1e3:.1f} us, idle {(span - busy) / 1e3:.1f} us, "
               f"{len(period)} records")
 
