@@ -110,8 +110,14 @@ void device_memcpy(void* dst, bool dst_gpu, const void* src, bool src_gpu, size_
 #if ULTRAMEM_CUDA
   cudaMemcpyKind kind = dst_gpu ? (src_gpu ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
                                 : (src_gpu ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
-  // The compute stream is the legacy default stream's peer; synchronous copies keep host code simple
-  // and are only used outside the step's hot path (loading, checkpoints, tests).
+  if (kind == cudaMemcpyDeviceToDevice) {
+    // Queued on the compute stream, ordered with the kernels around it (a backward's seed copy, a
+    // parameter copy): the host goes on launching, so the GPU does not idle while it waits.
+    UM_CUDA_RT(cudaMemcpyAsync(dst, src, bytes, kind, device_stream()));
+    return;
+  }
+  // A copy from or to the host is synchronous: the host reads or frees its side after the call. The
+  // device synchronisation also orders it after work on streams other than the compute stream.
   UM_CUDA_RT(cudaDeviceSynchronize());
   UM_CUDA_RT(cudaMemcpy(dst, src, bytes, kind));
 #else
