@@ -8,9 +8,9 @@
 // (offsets[e] = the assignments of lower ids), and each of its warps walks its chunk in order, ranking
 // equal ids within each 32 with a warp match, and writes sorted[r] = a and row_of[a] = r (-1 beyond the
 // capacity or for a bad id). Within an expert the assignments stay ascending: the CPU's counting-sort
-// order. Then the E + 1 offsets (and the error flag) are copied into pinned host memory and an event
-// recorded; moe_plan_build_finish waits for that event (the one synchronisation of the layer, overlapped
-// with whatever was queued after the copy).
+// order. Then the error flag and the E + 1 offsets are copied in one piece into pinned host memory, on
+// a side stream, and an event recorded; moe_plan_build_finish waits for that event (the one
+// synchronisation of the layer, overlapped with whatever was queued after the plan).
 // Permute and its backward (which are also the combine's backward and forward): one warp per token (the
 // scatter of dropless plans, and the backward's gather-sum) or per row (the capacity plans' gather),
 // 16-byte packs along d (V = 8 bf16 or 4 f32, when d and the pointers allow, else scalars), fp32 sums in
@@ -248,26 +248,47 @@ __global__ void row_weights_backward_kernel(const float* __restrict__ dw, const 
   }
 }
 
-// The pinned staging of the plan in flight on this thread: its offsets, the error flag and the copy's event.
-// One at a time; the ticket tells a finish which start it belongs to.
+// The pinned staging of the plan in flight on this thread: the error flag and the offsets in one block
+// (so one copy brings both), the side stream that copies them and the copy's event. One plan at a time;
+// the ticket tells a finish which start it belongs to. The copy runs on its own non-blocking stream,
+// after an event behind the plan's kernels, so the permute queued next on the compute stream does not
+// wait behind a device-to-host copy. Streams and events belong to a device: a thread that moves to
+// another device gets new ones (after the old copy has landed).
 struct PlanStaging {
-  int32_t* offsets = nullptr;
-  unsigned long long* bad = nullptr;
-  size_t capacity = 0;  // offsets it holds
-  cudaEvent_t copied = nullptr;
+  unsigned char* block = nullptr;  // u64 error flag, then the int32 offsets
+  size_t capacity = 0;             // offsets it holds
+  int device = -1;
+  cudaStream_t copy_stream = nullptr;
+  cudaEvent_t planned = nullptr, copied = nullptr;
   uint64_t ticket = 0;
+  unsigned long long bad() const { return *reinterpret_cast<const unsigned long long*>(block); }
+  const int32_t* offsets() const { return reinterpret_cast<const int32_t*>(block + sizeof(unsigned long long)); }
 };
+
+size_t staging_bytes(size_t offsets) { return sizeof(unsigned long long) + offsets * sizeof(int32_t); }
 
 PlanStaging& staging(size_t offsets) {
   thread_local PlanStaging s;
-  if (!s.copied) UM_CUDA(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
-  if (!s.bad) UM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.bad), sizeof(unsigned long long), cudaHostAllocDefault));
-  if (s.capacity < offsets) {
-    if (s.offsets) {
-      UM_CUDA(cudaEventSynchronize(s.copied));  // an abandoned plan's copy may still be writing it
-      UM_CUDA(cudaFreeHost(s.offsets));
+  int device = 0;
+  UM_CUDA(cudaGetDevice(&device));
+  if (s.device != device) {
+    if (s.copied) {
+      UM_CUDA(cudaEventSynchronize(s.copied));
+      UM_CUDA(cudaEventDestroy(s.copied));
+      UM_CUDA(cudaEventDestroy(s.planned));
+      UM_CUDA(cudaStreamDestroy(s.copy_stream));
     }
-    UM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.offsets), offsets * sizeof(int32_t), cudaHostAllocDefault));
+    UM_CUDA(cudaStreamCreateWithFlags(&s.copy_stream, cudaStreamNonBlocking));
+    UM_CUDA(cudaEventCreateWithFlags(&s.planned, cudaEventDisableTiming));
+    UM_CUDA(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
+    s.device = device;
+  }
+  if (s.capacity < offsets) {
+    if (s.block) {
+      UM_CUDA(cudaEventSynchronize(s.copied));  // an abandoned plan's copy may still be writing it
+      UM_CUDA(cudaFreeHost(s.block));
+    }
+    UM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.block), staging_bytes(offsets), cudaHostAllocDefault));
     s.capacity = offsets;
   }
   return s;
@@ -293,8 +314,10 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
            detail::concat("moe_plan on the GPU: at most ", ops::kMoeMaxExperts, " experts"), E);
   const int capacity = int(std::min<int64_t>(plan.capacity, INT32_MAX));
   Arena& arena = arena_for(experts.device());
-  auto* offsets = static_cast<int32_t*>(arena.alloc_bytes(size_t(E + 1) * sizeof(int32_t)));
-  auto* bad = static_cast<unsigned long long*>(arena.alloc_bytes(sizeof(unsigned long long)));
+  // The error flag and the offsets side by side, as in the host staging: one copy brings both.
+  auto* block = static_cast<unsigned char*>(arena.alloc_bytes(staging_bytes(size_t(E + 1))));
+  auto* bad = reinterpret_cast<unsigned long long*>(block);
+  auto* offsets = reinterpret_cast<int32_t*>(block + sizeof(unsigned long long));
   UM_CUDA(cudaMemsetAsync(bad, 0xff, sizeof(unsigned long long), stream()));
   if (A > 0) {
     const int chunks = int(ceil_div(A, kPlanChunk));
@@ -319,9 +342,12 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   }
   PlanStaging& st = staging(size_t(E + 1));
   UM_CUDA(cudaEventSynchronize(st.copied));  // an abandoned plan's copy must land before this one reuses the memory
-  UM_CUDA(cudaMemcpyAsync(st.offsets, offsets, size_t(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream()));
-  UM_CUDA(cudaMemcpyAsync(st.bad, bad, sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream()));
-  UM_CUDA(cudaEventRecord(st.copied, stream()));
+  UM_CUDA(cudaEventRecord(st.planned, stream()));
+  UM_CUDA(cudaStreamWaitEvent(st.copy_stream, st.planned, 0));
+  // The arena block stays untouched until the copy has read it: the arena is reset only after the step
+  // (whose moe_plan_finish waited for this copy), and nothing else is placed on it.
+  UM_CUDA(cudaMemcpyAsync(st.block, block, staging_bytes(size_t(E + 1)), cudaMemcpyDeviceToHost, st.copy_stream));
+  UM_CUDA(cudaEventRecord(st.copied, st.copy_stream));
   plan.host_ticket = ++st.ticket;
   plan.experts_for_errors = experts;
 }
@@ -333,7 +359,7 @@ void moe_plan_build_finish(ops::MoePlan& plan) {
            "a plan abandoned by a later moe_plan_start");
   UM_CUDA(cudaEventSynchronize(st.copied));
   plan.host_ticket = 0;
-  const unsigned long long bad_host = *st.bad;
+  const unsigned long long bad_host = st.bad();
   if (bad_host != kNoBad) {
     int32_t id = 0;
     UM_CUDA(cudaMemcpy(&id, plan.experts_for_errors.data_as<int32_t>() + bad_host, sizeof(id), cudaMemcpyDeviceToHost));
@@ -341,7 +367,7 @@ void moe_plan_build_finish(ops::MoePlan& plan) {
                 std::to_string(id));
   }
   plan.experts_for_errors = Tensor();
-  const int32_t* host = st.offsets;
+  const int32_t* host = st.offsets();
   plan.counts.assign(size_t(E), 0);
   plan.groups.start.assign(size_t(E), 0);
   plan.groups.size.assign(size_t(E), 0);
