@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "src/core/device_memory.h"
+#include "ultramem/core/arena.h"
 
 namespace um {
 
@@ -199,6 +200,38 @@ static std::vector<R> host_values(const Tensor& t) {
 
 std::vector<double> Tensor::to_doubles() const { return host_values<double>(*this); }
 std::vector<int64_t> Tensor::to_ints() const { return host_values<int64_t>(*this); }
+
+std::vector<double> scalar_values(const std::vector<Tensor>& scalars) {
+  std::vector<double> out;
+  if (scalars.empty()) return out;
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    const Tensor& t = scalars[i];
+    UM_CHECK(t.defined() && t.numel() == 1, detail::concat("scalar_values: tensor ", i, " with one element"),
+             t.defined() ? t.desc() : "undefined");
+    UM_CHECK(t.dtype() != DType::f16, detail::concat("scalar_values: tensor ", i, " of a dtype other than f16"),
+             t.desc());
+    check_same_device(scalars[0], t, "scalar_values");
+  }
+  const Device dev = scalars[0].device();
+  out.reserve(scalars.size());
+  if (dev.is_cpu()) {
+    for (const Tensor& t : scalars) out.push_back(t.to_doubles()[0]);
+    return out;
+  }
+  // One 8-byte slot per value (every dtype fits) in the step's arena (no allocation that would
+  // synchronise): device-to-device copies queue on the stream, then one copy to the host synchronises once.
+  constexpr size_t kSlot = 8;
+  auto* base = static_cast<char*>(arena_for(dev).alloc_bytes(scalars.size() * kSlot));
+  for (size_t i = 0; i < scalars.size(); ++i)
+    copy_bytes(base + i * kSlot, dev, scalars[i].data(), dev, scalars[i].nbytes());
+  std::vector<char> host(scalars.size() * kSlot);
+  copy_bytes(host.data(), Device::cpu(), base, dev, host.size());
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    Tensor one = Tensor::wrap(host.data() + i * kSlot, Shape{1}, scalars[i].dtype(), Device::cpu());
+    out.push_back(one.to_doubles()[0]);
+  }
+  return out;
+}
 
 std::string Tensor::desc() const {
   if (!impl_) return "<undefined tensor>";

@@ -263,15 +263,21 @@ StepStats Trainer::step() {
     {
       TapeScope scope(tape);
       Tensor loss = model_->loss(ids_, targets_, ctx);
-      double l = loss.to_doubles()[0];
+      // The loss, the cross-entropy and every auxiliary loss in one read (one synchronisation).
+      std::vector<Tensor> reads{loss};
+      if (!ctx.aux_losses.empty()) reads.push_back(ctx.ce_loss);
+      for (const auto& aux : ctx.aux_losses) reads.push_back(aux.value);
+      const std::vector<double> values = scalar_values(reads);
+      double l = values[0];
       if (micro == 0 && has_step(faults_.nan_loss_steps, step_ + 1)) l = NAN;
       if (!std::isfinite(l)) {
         s.nonfinite = detail::concat("loss (", l, ") in micro-batch ", micro);
         continue;  // no backward: the tape and the arena are dropped
       }
       // The logged loss is the cross-entropy; auxiliary losses are logged by name beside it.
-      loss_sum += ctx.aux_losses.empty() ? l : ctx.ce_loss.to_doubles()[0];
-      for (const auto& aux : ctx.aux_losses) s.aux[aux.name] += aux.value.to_doubles()[0] / double(accum_steps_);
+      loss_sum += ctx.aux_losses.empty() ? l : values[1];
+      for (size_t i = 0; i < ctx.aux_losses.size(); ++i)
+        s.aux[ctx.aux_losses[i].name] += values[2 + i] / double(accum_steps_);
       if (ctx.collect_stats) s.stats = std::move(ctx.stats);
       // Each micro-batch contributes 1/accum of the mean loss's gradient.
       tape.backward(loss, 1.0 / double(accum_steps_));

@@ -114,6 +114,11 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// The values of one-element tensors (any numeric dtype but f16, all on one device) with one
+// synchronisation: on the GPU they are gathered on the device and copied to the host in one piece, where
+// reading them one by one would stall the stream once per tensor (the trainer's loss and auxiliary losses).
+std::vector<double> scalar_values(const std::vector<Tensor>& scalars);
+
 // Raw byte movement between any two devices (host<->device, device<->device, host<->host).
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 
