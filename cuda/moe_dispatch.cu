@@ -261,11 +261,12 @@ struct PlanStaging {
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t planned = nullptr, copied = nullptr;
   uint64_t ticket = 0;
-  unsigned long long bad() const { return *reinterpret_cast<const unsigned long long*>(block); }
-  const int32_t* offsets() const { return reinterpret_cast<const int32_t*>(block + sizeof(unsigned long long)); }
 };
 
+// The staged block's layout, shared by the device block and its pinned copy: the u64 flag, then the offsets.
 size_t staging_bytes(size_t offsets) { return sizeof(unsigned long long) + offsets * sizeof(int32_t); }
+unsigned long long* staged_flag(unsigned char* block) { return reinterpret_cast<unsigned long long*>(block); }
+int32_t* staged_offsets(unsigned char* block) { return reinterpret_cast<int32_t*>(block + sizeof(unsigned long long)); }
 
 PlanStaging& staging(size_t offsets) {
   thread_local PlanStaging s;
@@ -316,8 +317,8 @@ void moe_plan_build(const Tensor& experts, ops::MoePlan& plan) {
   Arena& arena = arena_for(experts.device());
   // The error flag and the offsets side by side, as in the host staging: one copy brings both.
   auto* block = static_cast<unsigned char*>(arena.alloc_bytes(staging_bytes(size_t(E + 1))));
-  auto* bad = reinterpret_cast<unsigned long long*>(block);
-  auto* offsets = reinterpret_cast<int32_t*>(block + sizeof(unsigned long long));
+  unsigned long long* bad = staged_flag(block);
+  int32_t* offsets = staged_offsets(block);
   UM_CUDA(cudaMemsetAsync(bad, 0xff, sizeof(unsigned long long), stream()));
   if (A > 0) {
     const int chunks = int(ceil_div(A, kPlanChunk));
@@ -359,7 +360,7 @@ void moe_plan_build_finish(ops::MoePlan& plan) {
            "a plan abandoned by a later moe_plan_start");
   UM_CUDA(cudaEventSynchronize(st.copied));
   plan.host_ticket = 0;
-  const unsigned long long bad_host = st.bad();
+  const unsigned long long bad_host = *staged_flag(st.block);
   if (bad_host != kNoBad) {
     int32_t id = 0;
     UM_CUDA(cudaMemcpy(&id, plan.experts_for_errors.data_as<int32_t>() + bad_host, sizeof(id), cudaMemcpyDeviceToHost));
@@ -367,7 +368,7 @@ void moe_plan_build_finish(ops::MoePlan& plan) {
                 std::to_string(id));
   }
   plan.experts_for_errors = Tensor();
-  const int32_t* host = st.offsets();
+  const int32_t* host = staged_offsets(st.block);
   plan.counts.assign(size_t(E), 0);
   plan.groups.start.assign(size_t(E), 0);
   plan.groups.size.assign(size_t(E), 0);
