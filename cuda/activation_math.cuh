@@ -19,7 +19,14 @@ __device__ __forceinline__ float gelu_derivative(float x) {
 // With the fast exponential and division (a few ulp, far below bf16's resolution): the SwiGLU backward
 // also runs in the sm90 dx GEMM's epilogue, where the tensor cores wait on this arithmetic. 1 + e^-g
 // overflowing to inf gives 0, as it should.
-__device__ __forceinline__ float sigmoid(float g) { return __fdividef(1.f, 1.f + __expf(-g)); }
+// ex2 and rcp straight from the SFU (flush-to-zero forms, no range fix-ups: e^-g's underflow to 0
+// gives 1, its overflow to inf gives 0, as they should).
+__device__ __forceinline__ float sigmoid(float g) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(g * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+  return r;
+}
 // SwiGLU's product silu(gate) * up, and its gradients for an upstream d: d/dgate = d up s (1 + g (1 - s)),
 // d/dup = d g s, s = sigmoid(gate).
 __device__ __forceinline__ float silu_mul_value(float g, float u) { return g * sigmoid(g) * u; }
