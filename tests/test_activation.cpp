@@ -1,4 +1,6 @@
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "testing.h"
 #include "ultramem/ops/activation.h"
@@ -231,6 +233,39 @@ TEST_CASE("silu_mul CUDA matches CPU", "[gpu][activation]") {
     compare_silu_mul_on_gpu(Shape{37, 768}, dt);
     compare_silu_mul_on_gpu(Shape{3, 5, 24}, dt);
   }
+  arena_for(Device::cuda()).reset();
+}
+
+// The device sigmoid is the SFU's ex2 and rcp with no range handling of their own: gates where e^-g
+// underflows, overflows or is denormal must still give sigmoid 0 or 1 and finite gradients, as on the CPU.
+TEST_CASE("silu_mul CUDA matches CPU at extreme gates", "[gpu][activation]") {
+  UM_REQUIRE_GPU();
+  PoisonArena poison(Device::cuda());
+  const std::vector<double> gates = {-1e30, -100, -89, -88, -87, -40, -20, -10, -1, -1e-20, 0,
+                                     1e-20, 1,     10,  20,  40,  87,  88,  89,  100, 1e30};
+  const int64_t n = int64_t(gates.size());
+  const Tensor g = Tensor::from_doubles(gates, {n}, DType::f32);
+  const Tensor u = Tensor::from_doubles(std::vector<double>(size_t(n), 1.5), {n}, DType::f32);
+  const Tensor dy = Tensor::from_doubles(std::vector<double>(size_t(n), -0.75), {n}, DType::f32);
+  Tensor y = Tensor::empty({n}, DType::f32), dg = Tensor::empty({n}, DType::f32), du = Tensor::empty({n}, DType::f32);
+  ops::silu_mul_forward(g, u, y);
+  ops::silu_mul_backward(g, u, dy, dg, false, du, false);
+  const Device gpu = Device::cuda();
+  Tensor gg = arena_copy(g, DType::f32, gpu), gu = arena_copy(u, DType::f32, gpu), gdy = arena_copy(dy, DType::f32, gpu);
+  Tensor gy = alloc_activation({n}, DType::f32, gpu), gdg = alloc_activation({n}, DType::f32, gpu);
+  Tensor gdu = alloc_activation({n}, DType::f32, gpu);
+  ops::silu_mul_forward(gg, gu, gy);
+  ops::silu_mul_backward(gg, gu, gdy, gdg, false, gdu, false);
+  const std::vector<std::pair<std::vector<double>, std::vector<double>>> pairs = {
+      {gy.to_doubles(), y.to_doubles()}, {gdg.to_doubles(), dg.to_doubles()}, {gdu.to_doubles(), du.to_doubles()}};
+  for (size_t k = 0; k < pairs.size(); ++k)
+    for (int64_t i = 0; i < n; ++i) {
+      const double out = pairs[k].first[size_t(i)], ref = pairs[k].second[size_t(i)];
+      INFO("output " << (k == 0 ? "y" : k == 1 ? "dgate" : "dup") << " gate=" << gates[size_t(i)] << " cuda=" << out
+                     << " cpu=" << ref);
+      REQUIRE(std::isfinite(out));
+      CHECK(std::fabs(out - ref) <= 1e-5 * (1.0 + std::fabs(ref)));
+    }
   arena_for(Device::cuda()).reset();
 }
 
