@@ -198,31 +198,45 @@ TEST_CASE("gelu and swiglu autograd on CUDA match CPU", "[gpu][activation]") {
   CHECK(rel_error(out[0], ref[0]) < kTolF32);
 }
 
+// silu_mul's forward and backward of (g, u, dy) on the CPU, or on the GPU from dt copies of them (the
+// copies kept for the caller's further calls).
+struct SiluMulRun {
+  Tensor g, u, dy, y, dgate, dup;
+};
+static SiluMulRun silu_mul_on_cpu(const Tensor& g, const Tensor& u, const Tensor& dy) {
+  SiluMulRun r{g, u, dy, Tensor::empty(g.shape(), DType::f32), Tensor::empty(g.shape(), DType::f32),
+               Tensor::empty(g.shape(), DType::f32)};
+  ops::silu_mul_forward(g, u, r.y);
+  ops::silu_mul_backward(g, u, dy, r.dgate, false, r.dup, false);
+  return r;
+}
+static SiluMulRun silu_mul_on_gpu(const Tensor& g, const Tensor& u, const Tensor& dy, DType dt) {
+  const Device gpu = Device::cuda();
+  const Shape& shape = g.shape();
+  SiluMulRun r{arena_copy(g, dt, gpu), arena_copy(u, dt, gpu), arena_copy(dy, dt, gpu),
+               alloc_activation(shape, dt, gpu), alloc_activation(shape, dt, gpu), alloc_activation(shape, dt, gpu)};
+  ops::silu_mul_forward(r.g, r.u, r.y);
+  ops::silu_mul_backward(r.g, r.u, r.dy, r.dgate, false, r.dup, false);
+  return r;
+}
+
 // silu_mul on CUDA vs CPU on dt-rounded inputs: forward, backward, accumulate, one gradient alone.
 static void compare_silu_mul_on_gpu(const Shape& shape, DType dt) {
-  const Device gpu = Device::cuda(), cpu = Device::cpu();
+  const Device cpu = Device::cpu();
   const double tol = dt == DType::f32 ? kTolF32 : kTolBF16;
   const uint64_t seed = uint64_t(shape.numel()) + 500;
   Tensor g = rounded(randn(shape, DType::f32, cpu, seed, 2.5), dt);
   Tensor u = rounded(randn(shape, DType::f32, cpu, seed + 1), dt);
   Tensor dy = rounded(randn(shape, DType::f32, cpu, seed + 2), dt);
   Tensor prior = rounded(randn(shape, DType::f32, cpu, seed + 3), dt);
-  Tensor y = Tensor::empty(shape, DType::f32);
-  Tensor dg = Tensor::empty(shape, DType::f32), du = Tensor::empty(shape, DType::f32);
-  ops::silu_mul_forward(g, u, y);
-  ops::silu_mul_backward(g, u, dy, dg, false, du, false);
-  Tensor gg = arena_copy(g, dt, gpu), gu = arena_copy(u, dt, gpu), gdy = arena_copy(dy, dt, gpu);
-  Tensor gy = alloc_activation(shape, dt, gpu);
-  Tensor gdg = alloc_activation(shape, dt, gpu), gdu = alloc_activation(shape, dt, gpu);
-  Tensor gacc = arena_copy(prior, dt, gpu);
-  ops::silu_mul_forward(gg, gu, gy);
-  ops::silu_mul_backward(gg, gu, gdy, gdg, false, gdu, false);
+  const SiluMulRun ref = silu_mul_on_cpu(g, u, dy), out = silu_mul_on_gpu(g, u, dy, dt);
+  Tensor gacc = arena_copy(prior, dt, Device::cuda());
   INFO("silu_mul shape=" << shape.str() << " dtype=" << dtype_name(dt));
-  CHECK(rel_error(gy, y) < tol);
-  CHECK(rel_error(gdg, dg) < tol);
-  CHECK(rel_error(gdu, du) < tol);
-  ops::silu_mul_backward(gg, gu, gdy, Tensor(), false, gacc, true);
-  CHECK(rel_error(gacc.to_doubles(), plus(prior.to_doubles(), du.to_doubles())) < tol);
+  CHECK(rel_error(out.y, ref.y) < tol);
+  CHECK(rel_error(out.dgate, ref.dgate) < tol);
+  CHECK(rel_error(out.dup, ref.dup) < tol);
+  ops::silu_mul_backward(out.g, out.u, out.dy, Tensor(), false, gacc, true);
+  CHECK(rel_error(gacc.to_doubles(), plus(prior.to_doubles(), ref.dup.to_doubles())) < tol);
 }
 
 TEST_CASE("silu_mul CUDA matches CPU", "[gpu][activation]") {
@@ -247,24 +261,18 @@ TEST_CASE("silu_mul CUDA matches CPU at extreme gates", "[gpu][activation]") {
   const Tensor g = Tensor::from_doubles(gates, {n}, DType::f32);
   const Tensor u = Tensor::from_doubles(std::vector<double>(size_t(n), 1.5), {n}, DType::f32);
   const Tensor dy = Tensor::from_doubles(std::vector<double>(size_t(n), -0.75), {n}, DType::f32);
-  Tensor y = Tensor::empty({n}, DType::f32), dg = Tensor::empty({n}, DType::f32), du = Tensor::empty({n}, DType::f32);
-  ops::silu_mul_forward(g, u, y);
-  ops::silu_mul_backward(g, u, dy, dg, false, du, false);
-  const Device gpu = Device::cuda();
-  Tensor gg = arena_copy(g, DType::f32, gpu), gu = arena_copy(u, DType::f32, gpu), gdy = arena_copy(dy, DType::f32, gpu);
-  Tensor gy = alloc_activation({n}, DType::f32, gpu), gdg = alloc_activation({n}, DType::f32, gpu);
-  Tensor gdu = alloc_activation({n}, DType::f32, gpu);
-  ops::silu_mul_forward(gg, gu, gy);
-  ops::silu_mul_backward(gg, gu, gdy, gdg, false, gdu, false);
+  const SiluMulRun ref = silu_mul_on_cpu(g, u, dy), out = silu_mul_on_gpu(g, u, dy, DType::f32);
   const std::vector<std::pair<std::vector<double>, std::vector<double>>> pairs = {
-      {gy.to_doubles(), y.to_doubles()}, {gdg.to_doubles(), dg.to_doubles()}, {gdu.to_doubles(), du.to_doubles()}};
+      {out.y.to_doubles(), ref.y.to_doubles()},
+      {out.dgate.to_doubles(), ref.dgate.to_doubles()},
+      {out.dup.to_doubles(), ref.dup.to_doubles()}};
   for (size_t k = 0; k < pairs.size(); ++k)
     for (int64_t i = 0; i < n; ++i) {
-      const double out = pairs[k].first[size_t(i)], ref = pairs[k].second[size_t(i)];
-      INFO("output " << (k == 0 ? "y" : k == 1 ? "dgate" : "dup") << " gate=" << gates[size_t(i)] << " cuda=" << out
-                     << " cpu=" << ref);
-      REQUIRE(std::isfinite(out));
-      CHECK(std::fabs(out - ref) <= 1e-5 * (1.0 + std::fabs(ref)));
+      const double got = pairs[k].first[size_t(i)], want = pairs[k].second[size_t(i)];
+      INFO("output " << (k == 0 ? "y" : k == 1 ? "dgate" : "dup") << " gate=" << gates[size_t(i)] << " cuda=" << got
+                     << " cpu=" << want);
+      REQUIRE(std::isfinite(got));
+      CHECK(std::fabs(got - want) <= 1e-5 * (1.0 + std::fabs(want)));
     }
   arena_for(Device::cuda()).reset();
 }
